@@ -1,20 +1,29 @@
 #!/usr/bin/env bash
-# The pack's test command: builds (once) a venv keyed by the requirement files, then runs pytest.
+# The pack's test command: builds (once) a venv under ~/.cache, then runs pytest.
+# The venv is keyed by the torch pair (5.5 GB, built once per machine); the other requirements are
+# (re)installed into it only when requirements*.txt change.
 # Usage: scripts/test.sh [pytest args...]
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
 py="${PYTHON:-python3}"
-key=$(cat "$here/requirements.txt" "$here/requirements-test.txt" | sha256sum | cut -c1-16)
+torch_pins="$(grep -E '^(torch|torchvision)==' "$here/requirements-test.txt" | sort | tr '\n' ' ')"
+key=$(printf '%s %s' "$torch_pins" "$("$py" -c 'import sys; print(sys.version_info[:2])')" | sha256sum | cut -c1-16)
 venv="${WANID_VENV:-$HOME/.cache/wanid-test-venv-$key}"
-if [ ! -x "$venv/bin/python" ] || [ ! -f "$venv/.complete" ]; then
-  echo "[test.sh] building test environment in $venv (once per requirements change)"
+if [ ! -f "$venv/.torch-complete" ]; then
+  echo "[test.sh] building the test environment in $venv (once per machine)"
   rm -rf "$venv"
   "$py" -m venv "$venv"
   "$venv/bin/python" -m pip install -q --upgrade pip
-  # torch first, so nothing else drags in another build of it.
-  "$venv/bin/python" -m pip install -q torch==2.14.1 torchvision==0.29.1
+  # shellcheck disable=SC2086
+  "$venv/bin/python" -m pip install -q $torch_pins
+  touch "$venv/.torch-complete"
+fi
+reqs_key=$(cat "$here/requirements.txt" "$here/requirements-test.txt" | sha256sum | cut -c1-16)
+if [ ! -f "$venv/.reqs-$reqs_key" ]; then
+  echo "[test.sh] installing requirements into $venv"
   "$venv/bin/python" -m pip install -q -r "$here/requirements.txt" -r "$here/requirements-test.txt"
-  touch "$venv/.complete"
+  rm -f "$venv"/.reqs-*
+  touch "$venv/.reqs-$reqs_key"
 fi
 cd "$here"
 exec "$venv/bin/python" -m pytest "$@"
