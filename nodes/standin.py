@@ -1,0 +1,88 @@
+"""RestrictedAttnPatch: Stand-In's reference branch on ComfyUI's native Wan model."""
+import os
+
+import torch
+
+import folder_paths
+from comfy_api.latest import io
+
+from ..wanid.standin.checkpoint import load_standin
+from .standin_patch import apply_standin
+
+_weights_cache = {}  # (path, mtime, size) -> StandInWeights; two entries hold the Wan 2.2 high/low pair
+
+
+def load_weights_cached(name):
+    path = folder_paths.get_full_path("stand_in", name) if name else None
+    if path is None:
+        raise FileNotFoundError(
+            f"standin_name: {name!r} is not in models/stand_in. Put Stand-In_wan2.1_T2V_14B.ckpt (or the Wan 2.2 "
+            f"high/low pair) in {os.path.join(folder_paths.models_dir, 'stand_in')} and refresh.")
+    stat = os.stat(path)
+    key = (path, stat.st_mtime_ns, stat.st_size)
+    if key not in _weights_cache:
+        while len(_weights_cache) >= 2:
+            _weights_cache.pop(next(iter(_weights_cache)))
+        _weights_cache[key] = load_standin(path)
+    return _weights_cache[key]
+
+
+def reference_latent_of(model, reference_image=None, vae=None, reference_latent=None):
+    """The reference as the DiT sees it: a Wan latent [1, C, 1, h, w] in the normalised space."""
+    if reference_latent is not None:
+        samples = reference_latent["samples"]
+        if samples.ndim == 4:
+            samples = samples.unsqueeze(2)
+        if samples.ndim != 5 or samples.shape[0] != 1 or samples.shape[2] != 1:
+            raise ValueError(f"reference_latent: expected one encoded image [1, C, 1, h, w], got {list(samples.shape)}. "
+                             "Encode the 512x512 face crop alone with VAE Encode.")
+    elif reference_image is not None:
+        if vae is None:
+            raise ValueError("vae: connect the Wan VAE so the reference_image can be encoded (or give reference_latent).")
+        if reference_image.shape[0] != 1:
+            raise ValueError(f"reference_image: got {reference_image.shape[0]} images; give one (FaceCrop/Parse's "
+                             "anchor output).")
+        h, w = reference_image.shape[1:3]
+        if h % 16 or w % 16:
+            raise ValueError(f"reference_image: {w}x{h} is not a multiple of 16; Stand-In expects the 512x512 white-"
+                             "background face crop (FaceCrop/Parse's anchor output).")
+        samples = vae.encode(reference_image[..., :3])
+        if samples.ndim == 4:
+            samples = samples.unsqueeze(2)
+    else:
+        raise ValueError("reference_image: connect the face crop (and the VAE), or a reference_latent.")
+    return model.model.process_latent_in(samples[:, :, :1].float())
+
+
+class RestrictedAttnPatch(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="WanIDRestrictedAttnPatch",
+            display_name="Stand-In Restricted Attention",
+            category="WanIdentity",
+            description="Stand-In identity on a native Wan model: the reference face joins each block's "
+                        "self-attention through its own LoRA branch. Patch each Wan 2.2 expert with its own file.",
+            inputs=[
+                io.Model.Input("model"),
+                io.Combo.Input("standin_name", options=folder_paths.get_filename_list("stand_in"),
+                               tooltip="Stand-In weights in models/stand_in"),
+                io.Float.Input("strength", default=1.0, min=0.0, max=3.0, step=0.05,
+                               tooltip="Weight of the reference in attention: 1 = official Stand-In, 0 = off"),
+                io.Image.Input("reference_image", optional=True,
+                               tooltip="512x512 face crop on white (FaceCrop/Parse's anchor)"),
+                io.Vae.Input("vae", optional=True, tooltip="Wan VAE, to encode reference_image"),
+                io.Latent.Input("reference_latent", optional=True,
+                                tooltip="The reference already encoded with VAE Encode (instead of the image)"),
+            ],
+            outputs=[io.Model.Output()],
+        )
+
+    @classmethod
+    def execute(cls, model, standin_name, strength, reference_image=None, vae=None, reference_latent=None):
+        weights = load_weights_cached(standin_name)
+        latent = reference_latent_of(model, reference_image, vae, reference_latent)
+        return io.NodeOutput(apply_standin(model, weights, latent, strength))
+
+
+NODES = [RestrictedAttnPatch]

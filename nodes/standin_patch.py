@@ -1,0 +1,217 @@
+"""Stand-In on ComfyUI's native Wan model, through ComfyUI's hooks only.
+
+- a keyed DIFFUSION_MODEL wrapper prepares the reference (tokens, t=0 modulation, RoPE) for the current grid
+  and puts this patch into a copy of transformer_options;
+- a per-block "double_block" replace (chained to any earlier one) makes the block's reference keys/values (on the
+  first model call of a run only) and installs an attention override (chained to any earlier one) that appends them
+  to the video's self-attention;
+- ON_PRE_RUN / ON_CLEANUP callbacks drop the cached keys/values, so nothing outlives a sampling run;
+- the LoRA lives in its own ModelPatcher (comfy.ops.manual_cast layers) attached with set_additional_models, so
+  ComfyUI budgets, loads, casts and offloads it like the model itself.
+The shared model is never touched: all of this sits on a clone of the ModelPatcher.
+"""
+import logging
+
+import torch
+
+import comfy.model_management
+import comfy.model_patcher
+import comfy.ops
+import comfy.patcher_extension
+from comfy.ldm.modules import attention as comfy_attention
+
+from ..wanid.standin.lora import StandInLoRA
+from ..wanid.standin.positions import reference_position_ids
+from ..wanid.standin.reference_branch import attend_with_reference, reference_block
+
+KEY = "wanid_standin"
+MIN_VERSION = "0.3.59"
+
+
+def check_host():
+    """The hooks this patch needs, or an error naming the ComfyUI version that has them."""
+    from comfy.patcher_extension import CallbacksMP, WrappersMP
+    missing = []
+    if not hasattr(WrappersMP, "DIFFUSION_MODEL") or not hasattr(comfy.model_patcher.ModelPatcher, "add_wrapper_with_key"):
+        missing.append("diffusion-model wrappers")
+    if not hasattr(CallbacksMP, "ON_PRE_RUN") or not hasattr(comfy.model_patcher.ModelPatcher, "set_additional_models"):
+        missing.append("run callbacks / additional models")
+    if not hasattr(comfy_attention, "wrap_attn"):
+        missing.append("optimized_attention_override")
+    if missing:
+        try:
+            from comfyui_version import __version__ as version
+        except ImportError:
+            version = "unknown"
+        raise RuntimeError(f"RestrictedAttnPatch needs ComfyUI {MIN_VERSION} or newer (missing: {', '.join(missing)}); "
+                           f"this ComfyUI is {version}. Update ComfyUI.")
+
+
+def wan_model_of(patcher):
+    """The WanModel behind a MODEL, or a clear error for anything else."""
+    dm = getattr(getattr(patcher, "model", None), "diffusion_model", None)
+    needed = ("blocks", "patch_embedding", "rope_embedder", "time_embedding", "time_projection", "patch_size")
+    if dm is None or not all(hasattr(dm, a) for a in needed) or not hasattr(dm.blocks[0], "self_attn"):
+        name = type(dm).__name__ if dm is not None else type(patcher).__name__
+        raise ValueError(f"model: RestrictedAttnPatch needs a Wan 2.1/2.2 video model (loaded with Load Diffusion Model), "
+                         f"got {name}.")
+    return dm
+
+
+class _Run:
+    """What one sampling run caches: the reference stream state and each block's reference keys/values."""
+
+    def __init__(self):
+        self.key = self.model = None
+        self.x = self.e = self.freqs = None
+        self.kv = {}
+
+
+class StandInPatch:
+    """Run state of one RestrictedAttnPatch. Shared by clones of the patched ModelPatcher (deepcopy returns self),
+    reset at the start and end of every run."""
+
+    def __init__(self, lora_patcher, reference, strength):
+        self.lora_patcher = lora_patcher
+        self.reference = reference  # [1, C, 1, h, w] latent in the DiT's normalised space, CPU
+        self.strength = float(strength)
+        self.run = _Run()
+        self.reference_builds = 0  # blocks whose reference K/V were computed (diagnostics and tests)
+
+    def __deepcopy__(self, memo):
+        return self
+
+    def reset(self, *args):
+        self.run = _Run()
+
+    # --- DIFFUSION_MODEL wrapper -------------------------------------------------------------------------------
+    def diffusion_model_wrapper(self, executor, *args, **kwargs):
+        model = executor.class_obj
+        args = list(args)
+        x = args[0]
+        self._prepare(model, x)
+        if len(args) > 5:
+            args[5] = {**args[5], KEY: self}
+        else:
+            kwargs["transformer_options"] = {**kwargs.get("transformer_options", {}), KEY: self}
+        return executor(*args, **kwargs)
+
+    def _prepare(self, model, x):
+        ph, pw = model.patch_size[1], model.patch_size[2]
+        grid_h, grid_w = -(-x.shape[-2] // ph), -(-x.shape[-1] // pw)
+        key = (id(model), grid_h, grid_w, x.device, x.dtype)
+        if self.run.key == key:
+            return
+        from comfy.ldm.wan.model import sinusoidal_embedding_1d
+        self.run = run = _Run()
+        run.key, run.model = key, model
+        ref = self.reference.to(x.device)
+        if ref.shape[1] != model.patch_embedding.in_channels:
+            raise ValueError(f"reference: Stand-In needs a Wan text-to-video model ({ref.shape[1]} latent channels); "
+                             f"this model takes {model.patch_embedding.in_channels} input channels.")
+        tokens = model.patch_embedding(ref.float()).to(x.dtype)
+        ref_h, ref_w = tokens.shape[-2:]
+        run.x = tokens.flatten(2).transpose(1, 2)
+        t0 = torch.zeros(1, device=x.device)
+        e = model.time_embedding(sinusoidal_embedding_1d(model.freq_dim, t0).to(dtype=x.dtype))
+        run.e = model.time_projection(e).unflatten(1, (6, model.dim))
+        ids = reference_position_ids(grid_h, grid_w, ref_h, ref_w, device=x.device)
+        run.freqs = model.rope_embedder(ids).movedim(1, 2)
+
+    def reference_kv(self, i):
+        run, model = self.run, self.run.model
+        if i not in run.kv:
+            if run.x is None or len(run.kv) != i:
+                raise RuntimeError(f"Stand-In: block {i} ran before the blocks in front of it; another patch "
+                                   "reorders the Wan blocks, which Stand-In cannot follow.")
+            lora = self.lora_patcher.model.blocks[i].self_attn
+            x, k, v = reference_block(
+                model.blocks[i], lora, run.x, run.e, run.freqs,
+                rope=apply_rope, attention=comfy_attention.optimized_attention,
+                cast=lambda p, like: comfy.model_management.cast_to(p, dtype=like.dtype, device=like.device))
+            run.kv[i] = (k, v)
+            self.reference_builds += 1
+            run.x = x if i + 1 < len(model.blocks) else None  # the reference stream ends before the head
+        return run.kv[i]
+
+    # --- per-block replace -------------------------------------------------------------------------------------
+    def block_replace(self, index, previous):
+        def replace(args, extra):
+            options = args["transformer_options"]
+            if options.get(KEY) is not self:
+                return previous(args, extra) if previous else extra["original_block"](args)
+            k_ref, v_ref = self.reference_kv(index)
+            override = _SelfAttentionOverride(k_ref, v_ref, self.strength, options.get("optimized_attention_override"))
+            args = {**args, "transformer_options": {**options, "optimized_attention_override": override}}
+            return previous(args, extra) if previous else extra["original_block"](args)
+        replace.wanid_standin = True
+        return replace
+
+
+def apply_rope(x, freqs):
+    from comfy.ldm.flux.math import apply_rope1
+    return apply_rope1(x, freqs)
+
+
+class _SelfAttentionOverride:
+    """Appends the reference K/V to the first attention of a block (its self-attention); passes everything else on
+    to the override that was there before, or to the backend."""
+
+    def __init__(self, k_ref, v_ref, strength, previous):
+        self.k_ref, self.v_ref, self.strength, self.previous = k_ref, v_ref, strength, previous
+        self.pending = True
+
+    def _call(self, func, q, k, v, *args, **kwargs):
+        if self.previous is not None:
+            return self.previous(func, q, k, v, *args, **kwargs)
+        return func(q, k, v, *args, **kwargs)
+
+    def __call__(self, func, q, k, v, *args, **kwargs):
+        if self.pending and q.shape[1] == k.shape[1]:
+            self.pending = False
+            if "heads" not in kwargs:
+                kwargs["heads"], args = args[0], args[1:]
+            heads = kwargs.pop("heads")
+
+            def backend(q_, k_, v_, heads, **kw):
+                return self._call(func, q_, k_, v_, *args, heads=heads, **kw)
+
+            return attend_with_reference(backend, q, k, v, self.k_ref, self.v_ref, heads, self.strength, **kwargs)
+        return self._call(func, q, k, v, *args, **kwargs)
+
+
+def apply_standin(patcher, weights, reference, strength):
+    """A clone of `patcher` with Stand-In attached. `reference` is a normalised latent [1, C, 1, h, w]."""
+    check_host()
+    model = wan_model_of(patcher)
+    weights.check_against(len(model.blocks), model.dim, f"this Wan model (dim {model.dim})")
+    out = patcher.clone()
+    if strength <= 0:
+        return out  # strength 0 is the unpatched model, exactly
+
+    lora = StandInLoRA.from_weights(weights, operations=comfy.ops.manual_cast)
+    lora_patcher = comfy.model_patcher.ModelPatcher(
+        lora, load_device=comfy.model_management.get_torch_device(),
+        offload_device=comfy.model_management.unet_offload_device())
+    patch = StandInPatch(lora_patcher, reference.detach().cpu(), strength)
+
+    if out.get_wrappers(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, KEY):
+        logging.warning("[WanIdentity] this model already had a Stand-In patch; the new one replaces it.")
+        out.remove_wrappers_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, KEY)
+        for call in (comfy.patcher_extension.CallbacksMP.ON_PRE_RUN, comfy.patcher_extension.CallbacksMP.ON_CLEANUP):
+            out.remove_callbacks_with_key(call, KEY)
+
+    out.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, KEY, patch.diffusion_model_wrapper)
+    out.add_callback_with_key(comfy.patcher_extension.CallbacksMP.ON_PRE_RUN, KEY, patch.reset)
+    out.add_callback_with_key(comfy.patcher_extension.CallbacksMP.ON_CLEANUP, KEY, patch.reset)
+    out.set_additional_models(KEY, [lora_patcher])
+
+    existing = out.model_options["transformer_options"].get("patches_replace", {}).get("dit", {})
+    for i in range(len(model.blocks)):
+        previous = existing.get(("double_block", i))
+        while previous is not None and getattr(previous, "wanid_standin", False):
+            previous = getattr(previous, "wanid_previous", None)  # a replaced Stand-In patch: skip it
+        replace = patch.block_replace(i, previous)
+        replace.wanid_previous = previous
+        out.set_model_patch_replace(replace, "dit", "double_block", i)
+    return out

@@ -1,0 +1,69 @@
+"""The two halves of Stand-In's restricted self-attention, written against a Wan attention block.
+
+Reference tokens attend only to themselves, so their stream depends on the reference image and t = 0 alone:
+`reference_block` runs it for one block and returns the keys/values the video will see. Video queries then
+attend to [video keys; reference keys] (`attend_with_reference`). The block is duck-typed (Wan's
+`WanAttentionBlock`: modulation, norm1, self_attn.{q,k,v,o,norm_q,norm_k}, norm2, ffn); the host passes its own
+rope, attention and cast functions so fp8 weights, offloading and merged user LoRAs behave as in the base model.
+"""
+import math
+
+import torch
+
+
+def reference_block(block, lora, x, e, freqs, rope, attention, cast):
+    """One Wan block for the reference tokens: t=0 adaLN, LoRA'd self-attention among themselves, FFN.
+
+    x: [1, N, dim] reference tokens; e: [1, 6, dim] time projection at t = 0; freqs: RoPE of the reference
+    positions; lora: the block's LoRASelfAttn. Returns (x after the block, k, v) with k after norm and RoPE,
+    both [1, N, dim] - exactly what the video's self-attention appends.
+    """
+    shift_sa, scale_sa, gate_sa, shift_ff, scale_ff, gate_ff = (cast(block.modulation, x) + e).chunk(6, dim=1)
+    attn = block.self_attn
+    b, n, heads, head_dim = x.shape[0], x.shape[1], attn.num_heads, attn.head_dim
+
+    h = torch.addcmul(shift_sa, block.norm1(x), 1 + scale_sa)
+    q = rope(attn.norm_q(attn.q(h) + lora.q_loras(h)).view(b, n, heads, head_dim), freqs).view(b, n, -1)
+    k = rope(attn.norm_k(attn.k(h) + lora.k_loras(h)).view(b, n, heads, head_dim), freqs).view(b, n, -1)
+    v = attn.v(h) + lora.v_loras(h)
+    y = attn.o(attention(q, k, v, heads=heads))
+    x = torch.addcmul(x, y, gate_sa)
+    # No cross-attention: the reference never sees the text.
+    y = block.ffn(torch.addcmul(shift_ff, block.norm2(x), 1 + scale_ff))
+    return torch.addcmul(x, y, gate_ff), k, v
+
+
+def attend_with_reference(attention, q, k, v, k_ref, v_ref, heads, strength=1.0, **kwargs):
+    """Video self-attention over [video; reference] keys and values.
+
+    strength s multiplies every reference key's attention weight (a logit bias of log s): s = 1 is Stand-In
+    exactly, s -> 0 fades to the unpatched model. For s != 1 the bias rides on an extra head channel
+    (q gets a constant 1, reference keys get log s), so any attention backend works unchanged; the head is
+    padded to a multiple of 8 for fused kernels and q is rescaled so the softmax scale stays 1/sqrt(d).
+    """
+    if strength <= 0:
+        return attention(q, k, v, heads=heads, **kwargs)
+    batch = q.shape[0]
+    k_ref = k_ref.to(k.dtype).expand(batch, -1, -1)
+    v_ref = v_ref.to(v.dtype).expand(batch, -1, -1)
+    if strength == 1.0:
+        return attention(q, torch.cat([k, k_ref], 1), torch.cat([v, v_ref], 1), heads=heads, **kwargs)
+
+    d = q.shape[-1] // heads
+    pad = 8
+    d2 = d + pad
+
+    def split(t):
+        return t.reshape(t.shape[0], t.shape[1], heads, d)
+
+    def extend(t, first=0.0):
+        extra = t.new_zeros(*t.shape[:-1], pad)
+        extra[..., 0] = first
+        return torch.cat([t, extra], -1)
+
+    qa = extend(split(q) * math.sqrt(d2 / d), 1.0)
+    ka = torch.cat([extend(split(k)), extend(split(k_ref), math.log(strength) * math.sqrt(d2))], 1)
+    va = extend(split(torch.cat([v, v_ref], 1)))
+    flat = lambda t: t.reshape(t.shape[0], t.shape[1], heads * d2)  # noqa: E731
+    out = attention(flat(qa), flat(ka), flat(va), heads=heads, **kwargs)
+    return out.reshape(batch, -1, heads, d2)[..., :d].reshape(batch, -1, heads * d)
