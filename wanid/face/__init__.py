@@ -1,0 +1,1 @@
+"""Face crop, alignment and parsing (plain torch/numpy, no ComfyUI)."""
