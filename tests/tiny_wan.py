@@ -1,0 +1,126 @@
+"""A tiny Wan 2.1 T2V diffusion model with random weights, in ComfyUI's native checkpoint layout.
+
+No Wan weights can be downloaded here, so tests use a file with exactly the key names and shape rules of the
+native `wan2.1_t2v_*.safetensors` (no "model.diffusion_model." prefix), small enough to sample on a CPU in
+well under a second. ComfyUI's detector (comfy/model_detection.py) reads dim from head.modulation, heads as
+dim // 128 (so dim must be a multiple of 128), ffn from blocks.0.ffn.0, layers by counting blocks, in_dim from
+patch_embedding and out_dim from head.head // 4 (patch 1x2x2); everything else is fixed.
+
+    tiny_wan_state_dict(**kw) -> {key: tensor}      plain torch, no ComfyUI needed
+    write_tiny_wan(path, **kw) -> path              the same, saved as .safetensors
+    load_tiny_wan_patcher(weight_dtype=None, **kw)  a real comfy ModelPatcher built in-process (WAN21_T2V)
+
+Weights are random with non-zero biases (a bias that is silently dropped must change the output), scaled so
+that activations stay O(1) through the blocks.
+"""
+import math
+from pathlib import Path
+
+import torch
+
+# UNETLoader's weight_dtype choices -> model_options["dtype"] (nodes.py UNETLoader.load_unet)
+WEIGHT_DTYPES = {
+    None: None,
+    "default": None,
+    "fp32": torch.float32,
+    "fp16": torch.float16,
+    "bf16": torch.bfloat16,
+    "fp8_e4m3fn": torch.float8_e4m3fn,
+    "fp8_e5m2": torch.float8_e5m2,
+}
+
+
+def tiny_wan_shapes(dim=128, ffn=256, layers=2, in_dim=16, out_dim=16, text_dim=4096, freq_dim=256):
+    """{key: shape} of a Wan 2.1 T2V checkpoint (comfy/ldm/wan/model.py WanModel, model_type 't2v')."""
+    if dim % 128:
+        raise ValueError(f"dim={dim}: ComfyUI detects heads as dim // 128, so dim must be a multiple of 128")
+    patch = (1, 2, 2)
+    shapes = {
+        "patch_embedding.weight": (dim, in_dim, *patch),
+        "patch_embedding.bias": (dim,),
+        "text_embedding.0.weight": (dim, text_dim),
+        "text_embedding.0.bias": (dim,),
+        "text_embedding.2.weight": (dim, dim),
+        "text_embedding.2.bias": (dim,),
+        "time_embedding.0.weight": (dim, freq_dim),
+        "time_embedding.0.bias": (dim,),
+        "time_embedding.2.weight": (dim, dim),
+        "time_embedding.2.bias": (dim,),
+        "time_projection.1.weight": (6 * dim, dim),
+        "time_projection.1.bias": (6 * dim,),
+    }
+    for i in range(layers):
+        b = f"blocks.{i}."
+        for attn in ("self_attn", "cross_attn"):
+            for proj in ("q", "k", "v", "o"):
+                shapes[f"{b}{attn}.{proj}.weight"] = (dim, dim)
+                shapes[f"{b}{attn}.{proj}.bias"] = (dim,)
+            shapes[f"{b}{attn}.norm_q.weight"] = (dim,)  # RMSNorm (qk_norm=True)
+            shapes[f"{b}{attn}.norm_k.weight"] = (dim,)
+        shapes[f"{b}norm3.weight"] = (dim,)  # LayerNorm with affine (cross_attn_norm=True)
+        shapes[f"{b}norm3.bias"] = (dim,)
+        shapes[f"{b}ffn.0.weight"] = (ffn, dim)
+        shapes[f"{b}ffn.0.bias"] = (ffn,)
+        shapes[f"{b}ffn.2.weight"] = (dim, ffn)
+        shapes[f"{b}ffn.2.bias"] = (dim,)
+        shapes[f"{b}modulation"] = (1, 6, dim)
+    shapes["head.head.weight"] = (out_dim * math.prod(patch), dim)
+    shapes["head.head.bias"] = (out_dim * math.prod(patch),)
+    shapes["head.modulation"] = (1, 2, dim)
+    return shapes
+
+
+def tiny_wan_state_dict(dim=128, ffn=256, layers=2, in_dim=16, out_dim=16, text_dim=4096, freq_dim=256,
+                        seed=0, dtype=torch.float32):
+    """Random weights for every key of tiny_wan_shapes; `dtype` is the dtype stored in the file."""
+    gen = torch.Generator().manual_seed(seed)
+    sd = {}
+    for key, shape in tiny_wan_shapes(dim, ffn, layers, in_dim, out_dim, text_dim, freq_dim).items():
+        x = torch.randn(shape, generator=gen, dtype=torch.float64)
+        if key.endswith("norm_q.weight") or key.endswith("norm_k.weight") or key.endswith("norm3.weight"):
+            t = 1.0 + 0.1 * x  # norm gains near 1
+        elif key.endswith(".bias"):
+            t = 0.05 * x  # non-zero, small
+        elif key.endswith("modulation"):
+            t = x / math.sqrt(dim)  # as Wan initialises it
+        else:
+            fan_in = math.prod(shape[1:])
+            t = x / math.sqrt(fan_in)  # unit-variance outputs for unit-variance inputs
+        sd[key] = t.to(dtype).contiguous()
+    return sd
+
+
+def write_tiny_wan(path, **kw):
+    """Save tiny_wan_state_dict(**kw) as .safetensors at `path` (parents created); returns the Path."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tiny_wan_state_dict(**kw), str(path))
+    return path
+
+
+def load_tiny_wan_patcher(weight_dtype=None, **kw):
+    """A real ComfyUI ModelPatcher for the tiny model, built in-process as UNETLoader does.
+
+    weight_dtype: None/"default" (ComfyUI picks), a torch dtype, or a UNETLoader name ("fp8_e4m3fn", ...);
+    it becomes model_options["dtype"]. Other keywords go to tiny_wan_state_dict. Skips without ComfyUI;
+    raises if ComfyUI does not detect the file as WAN21_T2V.
+    """
+    import conftest
+
+    conftest.import_comfy()
+    import comfy.sd
+
+    if not isinstance(weight_dtype, torch.dtype):
+        if weight_dtype not in WEIGHT_DTYPES:
+            raise ValueError(f"weight_dtype={weight_dtype!r}: use a torch dtype or one of {list(WEIGHT_DTYPES)}")
+        weight_dtype = WEIGHT_DTYPES[weight_dtype]
+    options = {} if weight_dtype is None else {"dtype": weight_dtype}
+    patcher = comfy.sd.load_diffusion_model_state_dict(tiny_wan_state_dict(**kw), model_options=options)
+    if patcher is None:
+        raise RuntimeError("ComfyUI could not detect the tiny Wan state dict")
+    kind = type(patcher.model.model_config).__name__
+    if kind != "WAN21_T2V":
+        raise RuntimeError(f"tiny Wan detected as {kind}, expected WAN21_T2V")
+    return patcher
