@@ -1,0 +1,146 @@
+"""Stand-In overhead on ComfyUI's native Wan: per-step time patched vs unpatched, the one-time reference
+precompute, and (on CUDA) peak memory. Random weights: speed does not depend on their values.
+
+    python benchmarks/bench_standin.py                 # CPU: tiny and small models
+    python benchmarks/bench_standin.py --sizes 1.3B 14B --frames 81 --height 480 --width 832   # on a GPU
+
+Needs ComfyUI (COMFYUI_PATH or ~/ComfyUI). Prints a markdown table naming the machine.
+"""
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO / "tests"), str(REPO)]
+
+SIZES = {  # name: (dim, ffn, layers)
+    "tiny": (128, 256, 2),
+    "small": (512, 1536, 8),
+    "1.3B": (1536, 8960, 30),
+    "14B": (5120, 13824, 40),
+}
+
+
+def machine():
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    return f"{platform.processor() or platform.machine()} CPU, {os.cpu_count()} cores, torch {torch.__version__}"
+
+
+def build(size, device, dtype):
+    import conftest
+    conftest.import_comfy()
+    if device == "cuda":
+        import comfy.cli_args
+        comfy.cli_args.args.cpu = False
+    import comfy.sd
+    from tiny_wan import tiny_wan_shapes
+    dim, ffn, layers = SIZES[size]
+    g = torch.Generator(device=device).manual_seed(0)
+    sd = {}
+    for key, shape in tiny_wan_shapes(dim=dim, ffn=ffn, layers=layers).items():
+        t = torch.randn(shape, generator=g, device=device, dtype=dtype)
+        sd[key] = t * (0.05 if key.endswith("bias") else (1.0 if "norm" in key else shape[-1] ** -0.5))
+    patcher = comfy.sd.load_diffusion_model_state_dict(sd, model_options={"dtype": dtype})
+    del sd
+    return patcher, dim, layers
+
+
+def standin_weights(dim, layers, rank=128):
+    from wanid_pack.wanid.standin.checkpoint import parse_state_dict
+    g = torch.Generator().manual_seed(1)
+    sd = {f"blocks.{i}.self_attn.{p}_loras.{part}.weight":
+          torch.randn((rank, dim) if part == "down" else (dim, rank), generator=g) * 0.01
+          for i in range(layers) for p in "qkv" for part in ("down", "up")}
+    return parse_state_dict(sd, "random")
+
+
+def prepared_call(patcher):
+    """A function making one diffusion-model call the way a sampler does (models loaded, hooks in options)."""
+    import copy
+    import comfy.model_management
+    import comfy.patcher_extension
+    comfy.model_management.load_models_gpu([patcher] + patcher.get_nested_additional_models())
+    options = copy.copy(patcher.model_options["transformer_options"])
+    options["wrappers"] = comfy.patcher_extension.merge_nested_dicts({}, patcher.wrappers, copy_dict1=False)
+    for cb in patcher.get_all_callbacks(comfy.patcher_extension.CallbacksMP.ON_PRE_RUN):
+        cb(patcher)  # a new run: the first call builds the reference K/V
+
+    def run(x, t, ctx):
+        with torch.no_grad():
+            return patcher.model.diffusion_model(x, t, ctx, transformer_options=options)
+    return run
+
+
+def timed(fn, device):
+    if device == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    fn()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def peak_gib(fn, device):
+    if device != "cuda":
+        return float("nan")
+    torch.cuda.reset_peak_memory_stats()
+    fn()
+    return torch.cuda.max_memory_allocated() / 2**30
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", nargs="+", default=["tiny", "small"], choices=list(SIZES))
+    ap.add_argument("--frames", type=int, default=9, help="video frames (latent T = (frames-1)//4+1)")
+    ap.add_argument("--height", type=int, default=128)
+    ap.add_argument("--width", type=int, default=224)
+    ap.add_argument("--steps", type=int, default=5, help="timed steps after the first")
+    args = ap.parse_args()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    lat = (1 + (args.frames - 1) // 4, args.height // 8, args.width // 8)
+
+    rows = []
+    for size in args.sizes:
+        patcher, dim, layers = build(size, device, dtype)
+        from wanid_pack.nodes.standin_patch import apply_standin
+        g = torch.Generator(device=device).manual_seed(2)
+        x = torch.randn(2, 16, *lat, generator=g, device=device, dtype=dtype)  # positive + negative batched
+        t = torch.full((2,), 500.0, device=device)
+        ctx = torch.randn(2, 512, 4096, generator=g, device=device, dtype=dtype)
+        ref = torch.randn(1, 16, 1, 64, 64, generator=g, device=device)
+        patched = apply_standin(patcher, standin_weights(dim, layers), ref, 1.0)
+        base, with_ref = prepared_call(patcher), prepared_call(patched)
+        timed(lambda: base(x, t, ctx), device)  # warm-up
+        first = timed(lambda: with_ref(x, t, ctx), device)  # builds the reference K/V
+        base_times, times = [], []
+        for _ in range(args.steps):  # interleaved, so drift in machine load hits both alike
+            base_times.append(timed(lambda: base(x, t, ctx), device))
+            times.append(timed(lambda: with_ref(x, t, ctx), device))
+        base_peak, peak = peak_gib(lambda: base(x, t, ctx), device), peak_gib(lambda: with_ref(x, t, ctx), device)
+        base_step, step = statistics.median(base_times), statistics.median(times)
+        rows.append((size, f"{lat[0]}x{lat[1]}x{lat[2]}", base_step, step, first - step, base_peak, peak))
+        del patched, patcher
+        import comfy.model_management
+        comfy.model_management.unload_all_models()
+        comfy.model_management.soft_empty_cache()
+
+    print(f"Stand-In overhead on {machine()} ({str(dtype).replace('torch.', '')}, batch 2 = cond + uncond)\n")
+    print("| model | latent TxHxW | step unpatched (s) | step patched (s) | overhead | precompute (s) "
+          "| precompute / step | peak GiB unpatched | peak GiB patched |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for size, grid, b, p, pre, bpk, ppk in rows:
+        print(f"| {size} | {grid} | {b:.4f} | {p:.4f} | {100 * (p / b - 1):+.1f}% | {pre:.4f} | "
+              f"{100 * pre / p:.1f}% | {bpk:.2f} | {ppk:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
