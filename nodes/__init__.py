@@ -29,5 +29,11 @@ def all_nodes():
             logging.error("[WanIdentity] %s nodes disabled: %s. Install the pack's requirements.txt "
                           "into ComfyUI's Python (pip install -r requirements.txt).", name, e)
             continue
-        found.extend(module.NODES)
+        for node in module.NODES:
+            try:
+                node.GET_SCHEMA()  # a broken schema would make ComfyUI drop the whole pack
+            except Exception as e:
+                logging.error("[WanIdentity] node %s disabled: invalid schema: %s", node.__name__, e)
+                continue
+            found.append(node)
     return found

@@ -75,7 +75,7 @@ class WanIDReferenceClipLoader(io.ComfyNode):
             outputs=[
                 io.Image.Output("frames", tooltip="The picked frames [T, H, W, 3]."),
                 FrameTimes.Output("times", tooltip="Time of each picked frame in seconds."),
-                io.Float.Output("fps", tooltip="Frame rate of the source."),
+                io.Float.Output("source_fps", display_name="fps", tooltip="Frame rate of the source."),
             ],
         )
 

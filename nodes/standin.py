@@ -37,8 +37,6 @@ def reference_latent_of(model, reference_image=None, vae=None, reference_latent=
             raise ValueError(f"reference_latent: expected one encoded image [1, C, 1, h, w], got {list(samples.shape)}. "
                              "Encode the 512x512 face crop alone with VAE Encode.")
     elif reference_image is not None:
-        if vae is None:
-            raise ValueError("vae: connect the Wan VAE so the reference_image can be encoded (or give reference_latent).")
         if reference_image.shape[0] != 1:
             raise ValueError(f"reference_image: got {reference_image.shape[0]} images; give one (FaceCrop/Parse's "
                              "anchor output).")
@@ -46,6 +44,8 @@ def reference_latent_of(model, reference_image=None, vae=None, reference_latent=
         if h % 16 or w % 16:
             raise ValueError(f"reference_image: {w}x{h} is not a multiple of 16; Stand-In expects the 512x512 white-"
                              "background face crop (FaceCrop/Parse's anchor output).")
+        if vae is None:
+            raise ValueError("vae: connect the Wan VAE so the reference_image can be encoded (or give reference_latent).")
         samples = vae.encode(reference_image[..., :3])
         if samples.ndim == 4:
             samples = samples.unsqueeze(2)
