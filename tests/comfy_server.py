@@ -250,6 +250,8 @@ class ComfyServer:
                 msg = ws.recv()
             except websocket_timeout():
                 continue
+            except (OSError, websocket_error()) as e:
+                self._fail(f"lost the websocket while prompt {prompt_id} ran ({e!r}); did ComfyUI crash?")
             if not isinstance(msg, str):
                 continue  # binary previews
             msg = json.loads(msg)
@@ -328,6 +330,12 @@ def websocket_timeout():
     import websocket
 
     return websocket.WebSocketTimeoutException
+
+
+def websocket_error():
+    import websocket
+
+    return websocket.WebSocketException
 
 
 def wan_t2v_prompt(seed=0, steps=2, cfg=5.0, width=64, height=64, length=5, pos_seed=1, neg_seed=2,

@@ -6,12 +6,13 @@ import conftest
 import tiny_wan
 from comfy_server import PACK_NAME, PromptError, TINY_WAN, comfy_server, wan_t2v_prompt  # noqa: F401
 
-pytestmark = pytest.mark.integration
+integration = pytest.mark.integration  # needs a real ComfyUI (in-process or a server)
 
 
 # ---------------------------------------------------------------- tiny Wan, in-process
 
 
+@integration
 def test_tiny_wan_is_detected_as_native_wan21_t2v():
     conftest.import_comfy()
     import comfy.model_detection
@@ -53,6 +54,7 @@ def wan_inputs():
     return x, ctx
 
 
+@integration
 def test_forward_fp32(wan_inputs):
     x, ctx = wan_inputs
     patcher = tiny_wan.load_tiny_wan_patcher()
@@ -67,6 +69,7 @@ def test_forward_fp32(wan_inputs):
     assert torch.equal(_forward(patcher, x, ctx), out)
 
 
+@integration
 @pytest.mark.parametrize("weight_dtype,storage", [("fp8_e4m3fn", torch.float8_e4m3fn), ("bf16", torch.bfloat16)])
 def test_forward_low_precision_weights(wan_inputs, weight_dtype, storage):
     """UNETLoader's low-precision weights: stored as `storage`, cast per call (manual_cast) on the CPU.
@@ -88,6 +91,7 @@ def test_forward_low_precision_weights(wan_inputs, weight_dtype, storage):
     assert 0 < rel < 0.25, rel  # rounded, yet the same network
 
 
+@integration
 def test_support_conditioning_node_shape():
     conftest.import_comfy()
     import importlib.util
@@ -115,6 +119,7 @@ def _cached_nodes(entry):
     return {n for kind, data in entry["status"]["messages"] if kind == "execution_cached" for n in data["nodes"]}
 
 
+@integration
 def test_server_serves_support_nodes_and_tiny_model(comfy_server):
     info = comfy_server.object_info()
     for node in ("WanIDTestWanConditioning", "WanIDTestSaveTensor", "WanIDTestPing"):
@@ -124,6 +129,7 @@ def test_server_serves_support_nodes_and_tiny_model(comfy_server):
     assert comfy_server.pack_problems("wanid_test_support") == []
 
 
+@integration
 def test_pack_imports_into_the_server_without_errors(comfy_server, comfy_pack):
     info = comfy_server.object_info()
     problems = comfy_server.pack_problems()
@@ -138,6 +144,7 @@ def test_pack_imports_into_the_server_without_errors(comfy_server, comfy_pack):
     assert all(n.startswith("WanID") for n in expected)
 
 
+@integration
 def test_sampling_is_seeded_and_deterministic(comfy_server):
     first, path1 = _latent(comfy_server, comfy_server.queue(wan_t2v_prompt(seed=1)))
     assert first.shape == (1, 16, 2, 8, 8)
@@ -158,12 +165,14 @@ def test_sampling_is_seeded_and_deterministic(comfy_server):
     assert not torch.allclose(first, other)
 
 
+@integration
 def test_text_conditioning_matters(comfy_server):
     a, _ = _latent(comfy_server, comfy_server.queue(wan_t2v_prompt(seed=5, pos_seed=10)))
     b, _ = _latent(comfy_server, comfy_server.queue(wan_t2v_prompt(seed=5, pos_seed=11)))
     assert not torch.allclose(a, b)
 
 
+@integration
 def test_fp8_weights_through_unetloader(comfy_server):
     full, _ = _latent(comfy_server, comfy_server.queue(wan_t2v_prompt(seed=4)))
     fp8, _ = _latent(comfy_server, comfy_server.queue(wan_t2v_prompt(seed=4, weight_dtype="fp8_e4m3fn")))
@@ -171,6 +180,7 @@ def test_fp8_weights_through_unetloader(comfy_server):
     assert 0 < rel < 0.25, rel
 
 
+@integration
 def test_bad_input_gets_node_errors_and_server_keeps_serving(comfy_server):
     bad = wan_t2v_prompt(unet_name="no_such_model.safetensors")
     status, data = comfy_server.post_prompt_raw(bad)
@@ -193,6 +203,7 @@ def test_bad_input_gets_node_errors_and_server_keeps_serving(comfy_server):
     assert latent.shape == (1, 16, 2, 8, 8) and torch.isfinite(latent).all()
 
 
+@integration
 def test_save_tensor_node_and_upload(comfy_server, tmp_path):
     prompt = {
         "img": {"class_type": "EmptyImage", "inputs": {"width": 16, "height": 8, "batch_size": 2,
