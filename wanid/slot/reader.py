@@ -38,12 +38,13 @@ class SlotReader(nn.Module):
         num_slots = slots.shape[1]
         tokens = self.norm_tokens(tokens)
         k, v = self.to_k(tokens), self.to_v(tokens)
-        log_a = slot_marginals(b, num_slots, device=tokens.device)
+        work = torch.promote_types(tokens.dtype, torch.float32)  # Sinkhorn in fp32 at least, also under bf16
+        log_a = slot_marginals(b, num_slots, device=tokens.device, dtype=work)
         plan = None
         for _ in range(self.rounds):
             prev = slots
             q = self.to_q(self.norm_slots(slots))
-            cost = -torch.einsum("bsd,bnd->bsn", q, k).float() * self.scale
+            cost = -torch.einsum("bsd,bnd->bsn", q, k).to(work) * self.scale
             plan = sinkhorn_log(cost, log_a, log_b, self.eps, self.iters)
             # mean of the values a slot was given (row-normalised plan): the slot's read-out this round
             weights = plan / plan.sum(dim=-1, keepdim=True).clamp_min(1e-12)
