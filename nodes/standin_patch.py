@@ -132,7 +132,16 @@ class StandInPatch:
             run.kv[i] = (k, v)
             self.reference_builds += 1
             run.x = x if i + 1 < len(model.blocks) else None  # the reference stream ends before the head
+            if run.x is None:
+                self._offload_lora()
         return run.kv[i]
+
+    def _offload_lora(self):
+        """With every block's K/V cached the LoRA is idle until the next run: hand its memory back the way
+        ComfyUI frees memory itself (the next run's load_models_gpu loads it again)."""
+        p = self.lora_patcher
+        if p.load_device != p.offload_device and p.loaded_size() > 0:
+            p.partially_unload(p.offload_device, memory_to_free=p.model_size())
 
     # --- per-block replace -------------------------------------------------------------------------------------
     def block_replace(self, index, previous):

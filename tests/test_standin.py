@@ -245,3 +245,20 @@ def test_checkpoint_for_another_model_size_is_refused(base, parts):
         standin_patch.apply_standin(base, parse(standin_state_dict(dim=256)), torch.zeros(1, 16, 1, 8, 8), 1.0)
     with pytest.raises(StandInCheckpointError, match="LoRA for 3 blocks, but this Wan model .* has 2"):
         standin_patch.apply_standin(base, parse(standin_state_dict(layers=3)), torch.zeros(1, 16, 1, 8, 8), 1.0)
+
+
+def test_lora_is_offloaded_once_the_reference_kv_exist(base, parts):
+    standin_patch, parse = parts
+    x, t, ctx, ref = inputs(seed=14)
+    lora = standin_state_dict()
+    patched = standin_patch.apply_standin(base, parse(lora), ref, 1.0)
+    lora_patcher = patched.get_additional_models_with_key(standin_patch.KEY)[0]
+    lora_patcher.offload_device = torch.device("cpu", 0)  # a device other than the load device, as on a GPU box
+    expected = standin_reference.forward(tiny_wan.tiny_wan_state_dict(layers=LAYERS, seed=3), x, t, ctx, LAYERS,
+                                         ref=ref, lora=lora)
+    assert rel_err(call(patched, x, t, ctx), expected) < 1e-5
+    assert lora_patcher.loaded_size() == 0, "the LoRA should be unloaded after the K/V are built"
+    assert rel_err(call(patched, x, t, ctx), expected) < 1e-5  # later steps need only the cache
+    for cb in patched.get_all_callbacks(__import__("comfy.patcher_extension").patcher_extension.CallbacksMP.ON_PRE_RUN):
+        cb(patched)  # a new run: rebuilt with the LoRA loaded again
+    assert rel_err(call(patched, x, t, ctx), expected) < 1e-5
