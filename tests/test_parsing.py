@@ -125,7 +125,7 @@ def test_loads_safetensors_wrapped_and_prefixed(reference, tmp_path):
     # checkpoints from old PyTorch have no BatchNorm num_batches_tracked
     torch.save({k: v for k, v in sd.items() if not k.endswith("num_batches_tracked")}, tmp_path / "old.pth")
     for name in ("bisenet.safetensors", "params.pth", "wrapped.pt", "old.pth"):
-        parser = load_face_parser(str(tmp_path / name))
+        parser = load_face_parser(tmp_path / name)  # a Path works as well as a str
         assert _same_weights(parser, reference), name
         assert not parser.net.training
 

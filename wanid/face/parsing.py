@@ -180,6 +180,7 @@ class BiSeNet(nn.Module):
 
 
 def _read_state_dict(path):
+    path = os.fspath(path)
     name = os.path.basename(path)
     if not os.path.isfile(path):
         raise FaceParsingError(f"face parser file not found: {path}; {EXPECTED_FILE}")
@@ -272,6 +273,7 @@ class FaceParser:
 def load_face_parser(path, device="cpu", dtype=torch.float32):
     """Load facexlib's parsing_bisenet.pth (or the same tensors in .pt/.safetensors, maybe wrapped in
     'params'/'state_dict' and/or with a 'module.' prefix) strictly into a FaceParser."""
+    path = os.fspath(path)
     name = os.path.basename(path)
     sd = _unwrap(_read_state_dict(path), name)
     net = BiSeNet(NUM_CLASSES)
