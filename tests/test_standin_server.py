@@ -77,3 +77,32 @@ def test_bad_inputs_give_clear_errors_and_the_server_keeps_serving(server):
 
     entry = server.queue(patched_prompt(seed=7, filename_prefix="wanid_test/after_errors"))
     assert torch.isfinite(latent_of(server, entry)).all()
+
+
+def test_wan22_two_experts_each_with_its_own_file(server):
+    """Wan 2.2 A14B: high-noise and low-noise experts, each patched with its own Stand-In file, sampled in turn
+    with KSamplerAdvanced (as ComfyUI's own Wan 2.2 template does)."""
+    server.add_model("stand_in", "high.ckpt", ckpt_bytes(standin_state_dict(seed=21)))
+    server.add_model("stand_in", "low.ckpt", ckpt_bytes(standin_state_dict(seed=22)))
+
+    def two_experts(high, low, prefix):
+        p = patched_prompt(seed=9, steps=4, filename_prefix=prefix)
+        p["unet_low"] = {"class_type": "UNETLoader", "inputs": dict(p["unet"]["inputs"])}
+        p["standin"]["inputs"]["standin_name"] = high
+        p["standin_low"] = {"class_type": "WanIDRestrictedAttnPatch", "inputs": {
+            **p["standin"]["inputs"], "model": ["unet_low", 0], "standin_name": low}}
+        common = {"positive": ["pos", 0], "negative": ["neg", 0], "noise_seed": 9, "steps": 4, "cfg": 5.0,
+                  "sampler_name": "euler", "scheduler": "simple"}
+        p["sampler"] = {"class_type": "KSamplerAdvanced", "inputs": {
+            **common, "model": ["standin", 0], "latent_image": ["latent", 0], "add_noise": "enable",
+            "start_at_step": 0, "end_at_step": 2, "return_with_leftover_noise": "enable"}}
+        p["sampler_low"] = {"class_type": "KSamplerAdvanced", "inputs": {
+            **common, "model": ["standin_low", 0], "latent_image": ["sampler", 0], "add_noise": "disable",
+            "start_at_step": 2, "end_at_step": 4, "return_with_leftover_noise": "disable"}}
+        p["save"]["inputs"]["samples"] = ["sampler_low", 0]
+        return p
+
+    pair = latent_of(server, server.queue(two_experts("high.ckpt", "low.ckpt", "wanid_test/pair")))
+    same = latent_of(server, server.queue(two_experts("high.ckpt", "high.ckpt", "wanid_test/same")))
+    assert torch.isfinite(pair).all()
+    assert (pair - same).abs().max() > 1e-4, "the low-noise expert must use its own file"
