@@ -64,13 +64,14 @@ class TrainConfig:
 
 class Trainer:
     def __init__(self, diffusion_model, init: SlotIDCheckpoint, train_set, val_set, config: TrainConfig, out_dir,
-                 device="cpu", backbone="", report=None):
+                 device="cpu", backbone="", report=None, compute_dtype=None):
         if not train_set:
             raise ValueError("no usable training example (every manifest row was skipped; see the messages above)")
         self.cfg = config
         self.dm = diffusion_model
         self.device = torch.device(device)
-        self.dtype = torch.bfloat16 if config.bf16 else torch.float32
+        # activations: bf16 under --bf16, else what the host computes in (ComfyUI's manual-cast dtype)
+        self.dtype = torch.bfloat16 if config.bf16 else (compute_dtype or torch.float32)
         self.train_set, self.val_set = list(train_set), list(val_set)
         self.out_dir = out_dir
         self.report = report or log.error
