@@ -153,9 +153,9 @@ class TinyArcFace(nn.Module):
 
 
 def write_arcface(path, batched=True):
-    axes = {"input.1": {0: "n"}, "683": {0: "n"}} if batched else None
+    axes = {"input.1": {0: "n"}, "embedding": {0: "n"}} if batched else None
     torch.onnx.export(TinyArcFace().eval(), torch.zeros(1, 3, 112, 112), str(path), input_names=["input.1"],
-                      output_names=["683"], dynamic_axes=axes, dynamo=False, opset_version=17)
+                      output_names=["embedding"], dynamic_axes=axes, dynamo=False, opset_version=17)
     return path
 
 

