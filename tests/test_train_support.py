@@ -78,3 +78,66 @@ def write_synthetic_set(folder, identities=2, per_identity=3, settings=None, enc
         i, k = r["_tensors"]
         save_entry(entry_path(cache, entry_key(row, key_settings)), synthetic_tensors(i, k, identities, seed))
     return manifest, cache
+
+
+class StandInEncoders:
+    """Tiny stand-ins for the Wan VAE and umT5 with the precompute interface (wanid.train.precompute): the VAE packs
+    frames like Wan's (first frame alone, then 4 per latent frame; 8x8 pixels per cell) by averaging and mixes the
+    3 colours into 16 channels with a fixed matrix; the text encoder gives seeded random rows per caption. Counts
+    its calls, so a test can see the cache being used."""
+    name = "stand-in-vae+umt5"
+
+    def __init__(self):
+        self.mix = torch.randn(16, 3, generator=torch.Generator().manual_seed(11))
+        self.calls = {"video": 0, "images": 0, "text": 0}
+
+    def _latent(self, x):  # [3, F, h, w] -> [16, F, h, w]
+        return torch.einsum("oc,cfhw->ofhw", self.mix, x * 2 - 1)
+
+    def encode_video(self, frames):
+        self.calls["video"] += 1
+        x = frames.permute(3, 0, 1, 2).float()  # [3, T, H, W]
+        first = torch.nn.functional.avg_pool3d(x[:, :1][None], (1, 8, 8))[0]
+        rest = torch.nn.functional.avg_pool3d(x[:, 1:][None], (4, 8, 8))[0] if x.shape[1] > 1 else first[:, :0]
+        return self._latent(torch.cat([first, rest], dim=1))
+
+    def encode_images(self, images):
+        self.calls["images"] += 1
+        x = torch.nn.functional.avg_pool2d(images.permute(0, 3, 1, 2).float(), 8)  # [N, 3, h, w]
+        return torch.stack([self._latent(i[:, None])[:, 0] for i in x])
+
+    def encode_text(self, caption):
+        self.calls["text"] += 1
+        seed = sum(ord(c) * (i + 1) for i, c in enumerate(caption)) % (2 ** 31)
+        return 0.1 * torch.randn(len(caption.split()) + 1, 4096, generator=torch.Generator().manual_seed(seed))
+
+
+def write_video(path, frames, fps=16):
+    """uint8 [T, H, W, 3] -> a video file (libx264 if present, else mpeg4)."""
+    import av
+    import numpy as np
+    codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
+    with av.open(str(path), "w") as c:
+        s = c.add_stream(codec, rate=fps)
+        s.width, s.height, s.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+        for f in frames:
+            for p in s.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format="rgb24")):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    return path
+
+
+def face_tools(tmp_dir):
+    """FaceCrop/Parse's tools with no downloaded model: the bundled RetinaFace detector and a random ArcFace ONNX
+    with the real signature (test_face_support.write_arcface); no parser (the landmark-ellipse fallback)."""
+    import test_face_support
+    from wanid.face.detect import load_detector
+    from wanid.face.embed import ArcFaceEmbedder
+    from wanid.train.precompute import FaceTools
+
+    detector, _ = load_detector("retinaface_mobilenet")
+    path = os.path.join(tmp_dir, "glintr100.onnx")
+    if not os.path.isfile(path):
+        test_face_support.write_arcface(path)
+    return FaceTools(detector, ArcFaceEmbedder(path, name="tiny-arcface"), None, name="retinaface+tiny-arcface")

@@ -150,7 +150,8 @@ def parser():
     g.add_argument("--insightface", default=None, help="insightface folder (default: COMFYUI/models/insightface)")
     g.add_argument("--detector", default="auto", help="auto | antelopev2 | buffalo_l")
     g.add_argument("--face-parsing", default=None,
-                   help="BiSeNet parsing_bisenet.pth (default: COMFYUI/models/face_parsing/ if present)")
+                   help="BiSeNet parsing_bisenet.pth (default: COMFYUI/models/face_parsing/ if present; "
+                        "'none': the landmark-ellipse fallback)")
     g.add_argument("--cpu", action="store_true", help="run ComfyUI on the CPU (tests, debugging)")
     g = ap.add_argument_group("data")
     g.add_argument("--manifest", required=True, help="JSON-lines rows: reference, target, caption (docs/training.md)")
@@ -211,8 +212,8 @@ def main(argv=None):
     encoders = Lazy(encoders_name(args.vae, args.text_encoder, type(latent_format).__name__),
                     lambda: comfy_host.ComfyEncoders(args.vae, args.text_encoder, latent_format))
     insightface = args.insightface or os.path.join(comfyui, "models", "insightface")
-    parsing = args.face_parsing
-    if parsing is None:
+    parsing = None if (args.face_parsing or "").lower() == "none" else args.face_parsing
+    if args.face_parsing is None:
         default = os.path.join(comfyui, "models", "face_parsing", "parsing_bisenet.pth")
         parsing = default if os.path.isfile(default) else None
     tools = Lazy(face_tools_name(args.detector, insightface, parsing),
