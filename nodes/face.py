@@ -32,6 +32,8 @@ def _cached(key, make):
 
 
 def _parser_files():
+    if "face_parsing" not in folder_paths.folder_names_and_paths:
+        paths.register_model_folders()
     files = folder_paths.get_filename_list("face_parsing")
     preferred = [f for f in files if os.path.basename(f) == "parsing_bisenet.pth"]
     return preferred + [f for f in files if f not in preferred] + [NO_PARSER]

