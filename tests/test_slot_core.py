@@ -98,6 +98,19 @@ def test_sinkhorn_gradient_is_right():
     assert torch.autograd.gradcheck(lambda c: sinkhorn_log(c, log_a, log_b, eps=0.2, iters=15), (cost,))
 
 
+def test_masked_rows_too():
+    gen = torch.Generator().manual_seed(12)
+    log_a = torch.log(torch.tensor([[0.5, 0.0, 0.5]], dtype=torch.float64))  # middle row: no mass
+    log_b = frame_token_marginals(torch.tensor([[True, False, True]]), 2, dtype=torch.float64)
+    cost = torch.randn(1, 3, 6, generator=gen, dtype=torch.float64, requires_grad=True)
+    plan = sinkhorn_log(cost, log_a, log_b, eps=0.2, iters=200)
+    assert plan[0, 1].abs().max() == 0 and plan[0, :, 2:4].abs().max() == 0
+    torch.testing.assert_close(plan.sum(2), log_a.exp())
+    plan.pow(2).sum().backward()
+    assert torch.isfinite(cost.grad).all() and cost.grad[0, 1].abs().max() == 0
+    assert torch.autograd.gradcheck(lambda c: sinkhorn_log(c, log_a, log_b, eps=0.2, iters=15), (cost.detach().requires_grad_(),))
+
+
 def test_frame_marginals_refuse_a_clip_without_faces():
     with pytest.raises(ValueError, match="no valid frame"):
         frame_token_marginals(torch.zeros(1, 4, dtype=torch.bool), 3)
