@@ -117,12 +117,22 @@ class Trainer:
         if not self.cfg.grad_checkpointing:
             return {}
 
-        def ckpt_block(args, extra):
-            # ComfyUI's per-block replace: recompute the block in the backward pass instead of storing it
-            block = extra["original_block"]
-            return {"img": checkpoint(lambda a: block(a)["img"], args, use_reentrant=False)}
+        def replace(i):
+            block = self.dm.blocks[i]
 
-        return {"patches_replace": {"dit": {("double_block", i): ckpt_block for i in range(self.num_blocks)}}}
+            def run(img, txt, vec, pe, options):
+                return block(img, e=vec, freqs=pe, context=txt, context_img_len=None, transformer_options=options)
+
+            def ckpt_block(args, extra):
+                # ComfyUI's per-block replace: the block is recomputed in the backward pass instead of keeping its
+                # activations. Not extra["original_block"]: that closure reads the loop variable of Wan's
+                # forward_orig, which points at the LAST block by the time the backward pass recomputes.
+                img = checkpoint(run, args["img"], args["txt"], args["vec"], args["pe"], args["transformer_options"],
+                                 use_reentrant=False)
+                return {"img": img}
+            return ckpt_block
+
+        return {"patches_replace": {"dit": {("double_block", i): replace(i) for i in range(self.num_blocks)}}}
 
     def encode_reference(self, t):
         """Cached ref_* tensors -> identity tokens [1, A + S, text_dim] (float32 from the encoder)."""
@@ -196,11 +206,11 @@ class Trainer:
             noise = torch.randn(example.latent_shape, generator=gen)[None]
             use_face = torch.rand(1, generator=gen) < self.cfg.face_loss_prob
             loss = self.example_loss(example, reference, sigma, noise, use_face) / self.cfg.batch
-            if not torch.isfinite(loss):
+            if not bool(torch.isfinite(loss.detach())):
                 raise FloatingPointError(f"step {step}: the loss is {float(loss)} on manifest row {example.row.row}; "
                                          f"lower --lr or check the cache entry {example.key}")
             loss.backward()
-            total += float(loss)
+            total += float(loss.detach())
         if self.cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.trainable(), self.cfg.grad_clip)
         self.opt.step()
