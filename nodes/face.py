@@ -156,7 +156,10 @@ class WanIDFaceCropParse(io.ComfyNode):
                                     face_index=face_index, similar_to=ref, on_no_face=on_no_face, times=times,
                                     on_progress=progress)
         anchor = clip.crops[clip.anchor_index:clip.anchor_index + 1].clone()
-        info = report.text() + f"\nanchor: frame {report.kept[clip.anchor_index]}"
+        if bool(clip.valid.any()):
+            info = report.text() + f"\nanchor: frame {report.kept[clip.anchor_index]}"
+        else:
+            info = report.text() + "\nanchor: no frame has a face; the first (whole) frame is passed"
         return io.NodeOutput(clip.crops, clip.masks, anchor, clip, contact_sheet(clip, report), info)
 
 
