@@ -178,7 +178,7 @@ class SlotEncoder(io.ComfyNode):
             inputs["latents"] = encode_crops(vae, face_clip.crops, face_clip.valid, config.latent_channels)
         elif vae is not None:
             logging.info("[WanIdentity] SlotEncoder: this checkpoint has no low-frequency tokens; vae not used.")
-        comfy.model_management.load_models_gpu([slot_id.patcher])
+        comfy.model_management.load_models_gpu([slot_id.patcher], force_full_load=True)  # ~100 MB: whole
         ckpt = slot_id.checkpoint
         tokens = slot_id.encoder.encode_clip(**inputs, device=slot_id.patcher.load_device, backbone=ckpt.backbone,
                                              dim=ckpt.dim, source=ckpt.source)
@@ -213,7 +213,9 @@ class IdentityTokenInject(io.ComfyNode):
                                tooltip="Multiplies the slot tokens (the gate); 0 leaves the anchor tokens alone"),
                 io.Boolean.Input("pad_negative", default=True,
                                  tooltip="Pad the negative with zero rows so positive and negative run batched"),
-                io.Conditioning.Input("negative", optional=True),
+                io.Conditioning.Input("negative", optional=True,
+                                      tooltip="The negative prompt; the negative output is it, padded (None when "
+                                              "not connected)"),
             ],
             outputs=[io.Conditioning.Output(display_name="positive"),
                      io.Conditioning.Output(display_name="negative")],

@@ -132,9 +132,14 @@ def test_init_command_writes_a_valid_fresh_checkpoint(tmp_path):
     ckpt = load_checkpoint(out)
     assert ckpt.dim == 128 and ckpt.num_blocks == 2 and ckpt.config.dim == 64 and ckpt.config.num_slots == 4
     assert ckpt.config.anchor_tokens == 4 and ckpt.config.text_dim == 4096  # defaults kept
-    bad = subprocess.run([sys.executable, "-m", "wanid.slot.init_checkpoint", "--dim", "777", "--out", str(out)],
-                         cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert bad.returncode != 0 and "--layers is needed" in bad.stderr
+
+
+def test_init_command_refuses_an_unknown_width_without_layers(tmp_path, capsys):
+    from wanid.slot.init_checkpoint import main
+    with pytest.raises(SystemExit) as info:
+        main(["--dim", "777", "--out", str(tmp_path / "x.safetensors")])
+    assert info.value.code != 0 and "--layers is needed" in capsys.readouterr().err
+    assert not (tmp_path / "x.safetensors").exists()
 
 
 def test_init_backbones_set_block_count_and_vae_channels():
