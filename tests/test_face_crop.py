@@ -69,10 +69,10 @@ def test_window_worked_examples():
     assert w.whole_frame and (w.left, w.top, w.right, w.bottom, w.pad_top, w.side) == (0, 0, 200, 100, 50, 200)
 
 
-@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("seed", range(4))
 def test_crop_matches_float64_reference(seed):
     rng = np.random.default_rng(seed)
-    h, w = int(rng.integers(60, 1400)), int(rng.integers(60, 1400))
+    h, w = int(rng.integers(60, 1100)), int(rng.integers(60, 1100))
     frame = rng.random((h, w, 3)).astype(np.float32)
     boxes = [None, (-3.7, -2.2, w + 4.1, h + 1.0)]  # no face; a box over the whole frame
     for _ in range(4):
