@@ -217,6 +217,27 @@ def test_every_pack_node_has_a_help_page_where_the_frontend_looks(server, page):
     assert "WanIdentity: help" in menu and "WanIdentity: preview outputs" in menu
 
 
+def test_preview_outputs_wires_a_preview_to_each_image_and_mask_output_once(page):
+    result = page.evaluate("""(() => { const app = %s; const g = app.graph;
+        const n = LiteGraph.createNode("WanIDFaceCropParse"); n.pos = [2000, 2000]; g.add(n);
+        const before = g._nodes.length;
+        window.WanIdentityUI.previewOutputs(n);
+        const added = g._nodes.length - before;
+        window.WanIdentityUI.previewOutputs(n);  // again: nothing new
+        const again = g._nodes.length - before - added;
+        const wired = n.outputs.map(o => [o.name, o.type, (o.links ?? []).map(id => {
+            const l = g.links.get ? g.links.get(id) : g.links[id]; return g.getNodeById(l.target_id).type; })]);
+        for (const o of n.outputs) for (const id of [...(o.links ?? [])]) {
+            const l = g.links.get ? g.links.get(id) : g.links[id]; g.remove(g.getNodeById(l.target_id)); }
+        g.remove(n);
+        return {added, again, wired}; })()""" % APP)
+    image_outputs = [w for w in result["wired"] if w[1] in ("IMAGE", "MASK")]
+    assert result["added"] == len(image_outputs) >= 1 and result["again"] == 0
+    for name, kind, targets in result["wired"]:
+        expected = {"IMAGE": ["PreviewImage"], "MASK": ["MaskPreview"]}.get(kind, [])
+        assert targets == expected, (name, kind, targets)
+
+
 def test_help_pages_are_up_to_date_with_the_node_schemas(comfy_pack):
     """js/docs/<node id>.md exists for every node and its inputs/outputs match the schema (no browser needed)."""
     sys.path.insert(0, str(Path(__file__).parent / "frontend"))
@@ -286,6 +307,12 @@ def test_identity_score_preview_and_mean_appear_on_the_node(server, page, tmp_pa
     entry = page.evaluate("""fetch('/history?max_items=1').then(r => r.json())""")
     ui = next(iter(entry.values()))["outputs"]["3"]
     assert ui["text"][0] == text and ui["images"][0]["type"] == "temp"
+    # the text box is a result: neither saved in the workflow nor sent to the server as an input
+    saved = page.evaluate("""(async () => { const app = %s; const n = app.graph.getNodeById(3);
+        const p = await app.graphToPrompt(); return [n.serialize().widgets_values, p.output["3"].inputs]; })()"""
+                          % APP)
+    assert all(not (isinstance(v, str) and "identity similarity" in v) for v in saved[0] if v is not None)
+    assert "wanid_info" not in saved[1] and saved[1]["detector"] == "retinaface_mobilenet"
 
     time.sleep(1.0)  # let the canvas draw the loaded image
     page.evaluate("%s.graph.setDirtyCanvas(true, true)" % APP)
