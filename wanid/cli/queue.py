@@ -1,0 +1,466 @@
+"""Run a workflow on a ComfyUI server without the browser.
+
+    python -m wanid queue example_workflows/api/standin_wan21_t2v_14b.json --server http://127.0.0.1:8188 \\
+        --reference clip.mp4 --prompt "a man rides a bicycle through a park" --set 11.steps=30 --seed 7
+
+Steps: load the workflow (API format; a UI workflow is converted with the server's node schemas), upload the
+reference (a video goes to every Reference Clip Loader, an image to LoadImage or, without one, into the clip
+loaders' `images` input), write the prompt into the positive text encoder (the node titled "Positive...", else
+the one feeding the samplers' positive input), apply --set and --seed, queue it, show the server's progress,
+download what the output nodes saved into --out.
+
+Exit status: 0 done; 1 the run failed on the server (its error message is printed), the server could not be
+reached, or --timeout passed; 2 bad arguments, or the server refused the workflow (its node_errors are printed;
+when only some outputs fail validation ComfyUI would run the rest: the command cancels it unless --allow-partial).
+Standard library only, plus websocket-client for live progress (without it the command polls and shows none).
+"""
+import argparse
+import json
+import mimetypes
+import os
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
+from pathlib import Path
+
+from . import workflow as wf
+
+EXIT_OK, EXIT_FAILED, EXIT_REFUSED = 0, 1, 2
+
+
+class QueueError(RuntimeError):
+    def __init__(self, message, code=EXIT_FAILED):
+        super().__init__(message)
+        self.code = code
+
+
+# ---- HTTP
+
+class Client:
+    def __init__(self, server, timeout=60.0):
+        server = server.strip().rstrip("/")
+        if "://" not in server:
+            server = "http://" + server
+        self.url = server
+        self.timeout = timeout
+
+    def _open(self, req):
+        try:
+            return urllib.request.urlopen(req, timeout=self.timeout)
+        except urllib.error.HTTPError:
+            raise
+        except (urllib.error.URLError, OSError) as e:
+            reason = getattr(e, "reason", e)
+            raise QueueError(f"cannot reach ComfyUI at {self.url} ({reason}); is it running? (--server URL)") from None
+
+    def get_json(self, path):
+        with self._open(urllib.request.Request(self.url + path)) as r:
+            return json.load(r)
+
+    def post_json(self, path, body):
+        """(HTTP status, parsed JSON or {'raw': text}); a 4xx answer is returned, not raised."""
+        req = urllib.request.Request(self.url + path, data=json.dumps(body).encode(), method="POST",
+                                     headers={"Content-Type": "application/json"})
+        try:
+            with self._open(req) as r:
+                status, raw = r.status, r.read()
+        except urllib.error.HTTPError as e:
+            status, raw = e.code, e.read()
+        try:
+            return status, json.loads(raw)
+        except ValueError:
+            return status, {"raw": raw.decode(errors="replace")}
+
+    def upload(self, path):
+        """POST /upload/image (ComfyUI stores any file type there, videos included). Returns the name to use."""
+        path = Path(path)
+        boundary = uuid.uuid4().hex
+        ctype = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+        safe_name = path.name.replace('"', "_").replace("\r", "_").replace("\n", "_")
+
+        def field(name, value):
+            return f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode()
+
+        body = b"".join([
+            f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="{safe_name}"\r\n'
+            f"Content-Type: {ctype}\r\n\r\n".encode(), path.read_bytes(), b"\r\n",
+            field("type", "input"), field("subfolder", ""), f"--{boundary}--\r\n".encode()])
+        req = urllib.request.Request(self.url + "/upload/image", data=body, method="POST",
+                                     headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+        try:
+            with self._open(req) as r:
+                data = json.load(r)
+        except urllib.error.HTTPError as e:
+            raise QueueError(f"uploading {path} failed: HTTP {e.code} {e.read()[:300]!r}") from None
+        return f"{data['subfolder']}/{data['name']}" if data.get("subfolder") else data["name"]
+
+    def cancel(self, prompt_id):
+        """Drop the prompt from the queue, or stop it if it is the one running (best effort)."""
+        for path, body in (("/queue", {"delete": [prompt_id]}), ("/interrupt", {"prompt_id": prompt_id})):
+            try:
+                self.post_json(path, body)
+            except QueueError:
+                pass
+
+    def download(self, item, dest):
+        query = urllib.parse.urlencode({"filename": item["filename"], "subfolder": item.get("subfolder", ""),
+                                        "type": item.get("type", "output")})
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with self._open(urllib.request.Request(f"{self.url}/view?{query}")) as r, open(dest, "wb") as f:
+            while chunk := r.read(1 << 20):
+                f.write(chunk)
+        return dest
+
+    def ws_url(self, client_id):
+        parts = urllib.parse.urlsplit(self.url)
+        scheme = "wss" if parts.scheme == "https" else "ws"
+        return urllib.parse.urlunsplit((scheme, parts.netloc, parts.path + "/ws", f"clientId={client_id}", ""))
+
+
+# ---- progress
+
+class Progress:
+    """One line per node that reports steps: a bar on a terminal (tqdm when installed), plain lines in logs."""
+
+    def __init__(self, api, stream=sys.stderr, enabled=True):
+        self.api, self.stream, self.enabled = api, stream, enabled
+        self.tty = enabled and hasattr(stream, "isatty") and stream.isatty()
+        self.total = len(api)
+        self.done = set()
+        self.node = None
+        self.bucket = -1
+        self.bar = None
+
+    def _label(self, nid):
+        node = self.api.get(str(nid), {})
+        title = wf.title_of(node) or node.get("class_type", "?")
+        return f"#{nid} {title}"
+
+    def _close_bar(self):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+        elif self.tty and self.node is not None:
+            self.stream.write("\n")
+
+    def cached(self, nodes):
+        self.done.update(str(n) for n in nodes)
+        if self.enabled and nodes:
+            self.stream.write(f"cached: {len(nodes)} node(s)\n")
+
+    def executing(self, nid):
+        if self.node is not None:
+            self.done.add(self.node)
+        if not self.enabled:
+            self.node = nid
+            return
+        self._close_bar()
+        self.node, self.bucket = nid, -1
+        if nid is not None:
+            self.stream.write(f"[{len(self.done) + 1}/{self.total}] {self._label(nid)}\n")
+            self.stream.flush()
+
+    def step(self, nid, value, maximum):
+        if not self.enabled or not maximum:
+            return
+        if self.tty:
+            try:
+                from tqdm import tqdm
+            except ImportError:
+                tqdm = None
+            if tqdm is not None:
+                if self.bar is None or self.bar.total != maximum:
+                    self._close_bar()
+                    self.bar = tqdm(total=maximum, desc=self._label(nid), file=self.stream, leave=True)
+                self.bar.n = value
+                self.bar.refresh()
+                return
+            width = 30
+            filled = int(width * value / maximum)
+            self.stream.write(f"\r  [{'#' * filled}{'-' * (width - filled)}] {value}/{maximum}")
+            self.stream.flush()
+            return
+        bucket = int(4 * value / maximum)  # logs: a line at 25 %, 50 %, 75 %, 100 %
+        if bucket != self.bucket:
+            self.bucket = bucket
+            self.stream.write(f"  {self._label(nid)}: {value}/{maximum}\n")
+            self.stream.flush()
+
+    def close(self):
+        if self.enabled:
+            self._close_bar()
+            self.node = None
+
+
+# ---- running
+
+def _open_ws(client, client_id):
+    try:
+        import websocket
+    except ImportError:
+        return None
+    try:
+        ws = websocket.WebSocket()
+        ws.connect(client.ws_url(client_id), timeout=30)
+        return ws
+    except Exception as e:  # noqa: BLE001  (no websocket: fall back to polling)
+        print(f"note: no websocket ({e}); waiting without progress", file=sys.stderr)
+        return None
+
+
+def _wait_ws(ws, prompt_id, progress, deadline):
+    """Follow the run. Returns 'success', 'error' (with the message dict) or None when the socket was lost."""
+    import websocket
+
+    while True:
+        left = None if deadline is None else deadline - time.monotonic()
+        if left is not None and left <= 0:
+            raise QueueError(f"prompt {prompt_id} did not finish within --timeout")
+        ws.settimeout(min(left, 5.0) if left is not None else 5.0)
+        try:
+            msg = ws.recv()
+        except websocket.WebSocketTimeoutException:
+            continue
+        except (OSError, websocket.WebSocketException):
+            return None, None
+        if not isinstance(msg, str):
+            continue  # binary frames are previews
+        msg = json.loads(msg)
+        kind, data = msg.get("type"), msg.get("data") or {}
+        if data.get("prompt_id") not in (None, prompt_id):
+            continue
+        if kind == "execution_cached":
+            progress.cached(data.get("nodes") or [])
+        elif kind == "executing":
+            if data.get("node") is None and data.get("prompt_id") == prompt_id:
+                progress.close()
+                return "success", None
+            progress.executing(str(data.get("node")))
+        elif kind == "progress":
+            progress.step(str(data.get("node")), data.get("value", 0), data.get("max", 0))
+        elif kind == "execution_error":
+            progress.close()
+            return "error", data
+        elif kind == "execution_interrupted":
+            progress.close()
+            return "error", {"exception_message": "interrupted", "node_id": data.get("node_id"),
+                             "node_type": data.get("node_type")}
+
+
+def _wait_history(client, prompt_id, deadline):
+    while True:
+        entry = client.get_json(f"/history/{prompt_id}").get(prompt_id)
+        if entry is not None and entry.get("status", {}).get("completed") is not None:
+            return entry
+        if deadline is not None and time.monotonic() > deadline:
+            raise QueueError(f"prompt {prompt_id} did not finish within --timeout")
+        time.sleep(0.5)
+
+
+def format_node_errors(response, api):
+    """The /prompt refusal as readable lines: the error, then per node its input and what was wrong."""
+    lines = []
+    err = response.get("error")
+    if isinstance(err, dict):
+        head = err.get("message") or err.get("type") or "refused"
+        lines.append(f"The server refused the workflow: {head}")
+        if err.get("details"):
+            lines.append(f"  {err['details']}")
+    elif err:
+        lines.append(f"The server refused the workflow: {err}")
+    else:
+        lines.append("The server refused the workflow: " + json.dumps(response)[:2000])
+    for nid, info in sorted((response.get("node_errors") or {}).items(), key=lambda kv: wf._id_key(str(kv[0]))):
+        node = api.get(str(nid), {})
+        ctype = info.get("class_type") or node.get("class_type", "?")
+        title = wf.title_of(node)
+        lines.append(f"  node {nid} ({ctype}{': ' + title if title and title != ctype else ''}):")
+        for e in info.get("errors", []):
+            extra = e.get("extra_info") or {}
+            name = extra.get("input_name")
+            text = e.get("message") or e.get("type", "error")
+            details = e.get("details")
+            if details and details != name and details not in text:
+                text += f" ({details})"
+            lines.append(f"    {name + ': ' if name else ''}{text} [{e.get('type', '?')}]")
+            if "received_value" in extra and not any(str(extra["received_value"]) in s for s in lines[-1:]):
+                lines.append(f"      received: {extra['received_value']!r}")
+    return "\n".join(lines)
+
+
+def format_execution_error(data, api):
+    nid = data.get("node_id")
+    node = api.get(str(nid), {})
+    ctype = data.get("node_type") or node.get("class_type", "?")
+    title = wf.title_of(node)
+    where = f"node {nid} ({ctype}{': ' + title if title and title != ctype else ''})" if nid else "the server"
+    kind = data.get("exception_type", "")
+    message = data.get("exception_message", "").strip() or "unknown error"
+    return f"Execution failed in {where}: {kind + ': ' if kind else ''}{message}"
+
+
+def output_items(entry, previews=False):
+    """(node_id, item) for every file the output nodes reported; temp previews only with previews=True."""
+    found = []
+    for nid, outputs in (entry.get("outputs") or {}).items():
+        for key, items in outputs.items():
+            if not isinstance(items, list):
+                continue
+            for item in items:
+                if isinstance(item, dict) and "filename" in item:
+                    if item.get("type", "output") == "temp" and not previews:
+                        continue
+                    found.append((nid, item))
+    return found
+
+
+def output_texts(entry):
+    return [(nid, t) for nid, outputs in (entry.get("outputs") or {}).items()
+            for t in outputs.get("text", []) if isinstance(t, str)]
+
+
+def build_prompt(args, client, log):
+    data = wf.load_workflow(args.workflow)
+    if wf.is_ui_workflow(data):
+        log(f"{args.workflow}: a UI workflow; converting it with the server's node schemas")
+        api = wf.ui_to_api(data, client.get_json("/object_info"))
+    elif isinstance(data, dict) and data and all(isinstance(v, dict) and "class_type" in v for v in data.values()):
+        api = data
+    else:
+        raise wf.WorkflowError(f"{args.workflow}: neither an API workflow (Export (API)) nor a UI workflow")
+    if args.reference:
+        ref = Path(args.reference)
+        ext = ref.suffix.lower()
+        kind = "video" if ext in wf.VIDEO_EXTS else "image" if ext in wf.IMAGE_EXTS else None
+        if kind is None:
+            raise wf.WorkflowError(f"--reference {ref}: unknown file type {ext!r}; give a video "
+                                   f"({', '.join(sorted(wf.VIDEO_EXTS))}) or an image ({', '.join(sorted(wf.IMAGE_EXTS))})")
+        if not ref.is_file():
+            raise wf.WorkflowError(f"--reference {ref}: no such file")
+        name = ref.name if args.dry_run else client.upload(ref)
+        nodes = wf.set_reference(api, name, kind)
+        log(f"reference {name!r} -> node(s) {', '.join(nodes)}")
+    if args.prompt is not None:
+        log(f"prompt -> node(s) {', '.join(wf.set_prompt(api, args.prompt, 'positive'))}")
+    if args.negative is not None:
+        log(f"negative prompt -> node(s) {', '.join(wf.set_prompt(api, args.negative, 'negative'))}")
+    if args.seed is not None:
+        wf.set_seed(api, args.seed)
+    for assignment in args.set or []:
+        nid, name, value = wf.apply_set(api, assignment)
+        log(f"set node {nid} {name} = {value!r}")
+    return api
+
+
+def run(args):
+    client = Client(args.server)
+    quiet = args.quiet
+
+    def log(text):
+        if not quiet:
+            print(text, file=sys.stderr)
+
+    api = build_prompt(args, client, log)
+    if args.dry_run:
+        print(json.dumps(api, indent=2, ensure_ascii=False))
+        return EXIT_OK
+    client_id = uuid.uuid4().hex
+    ws = _open_ws(client, client_id)
+    running = None
+    try:
+        status, response = client.post_json("/prompt", {"prompt": api, "client_id": client_id})
+        if status != 200 or "prompt_id" not in response:
+            print(format_node_errors(response, api), file=sys.stderr)
+            return EXIT_REFUSED
+        prompt_id = response["prompt_id"]
+        if response.get("node_errors") and not args.allow_partial:
+            # ComfyUI still runs the outputs that validated; a headless run wants all of them or none
+            client.cancel(prompt_id)
+            print(format_node_errors(dict(response, error={"message": "some outputs failed validation"}), api),
+                  file=sys.stderr)
+            print("(cancelled; --allow-partial runs the outputs that did validate)", file=sys.stderr)
+            return EXIT_REFUSED
+        if response.get("node_errors"):
+            print(format_node_errors(dict(response, error={"message": "running only the outputs that validated"}),
+                                     api), file=sys.stderr)
+        log(f"queued prompt {prompt_id}")
+        running = prompt_id
+        deadline = time.monotonic() + args.timeout if args.timeout else None
+        outcome, error = (None, None)
+        if ws is not None:
+            outcome, error = _wait_ws(ws, prompt_id, Progress(api, enabled=not quiet and not args.no_progress),
+                                      deadline)
+    except KeyboardInterrupt:
+        if running is not None:
+            client.cancel(running)
+            print(f"interrupted: prompt {running} cancelled", file=sys.stderr)
+        return 130
+    finally:
+        if ws is not None:
+            ws.close()
+    entry = _wait_history(client, prompt_id, deadline)
+    if outcome != "error" and entry.get("status", {}).get("status_str") == "error":
+        errors = [m[1] for m in entry["status"].get("messages", []) if m[0] == "execution_error"]
+        outcome, error = "error", (errors[0] if errors else {"exception_message": json.dumps(entry["status"])})
+    if outcome == "error":
+        print(format_execution_error(error, api), file=sys.stderr)
+        return EXIT_FAILED
+    for nid, text in output_texts(entry):
+        log(f"node {nid}: {text}")
+    out_dir = Path(args.out)
+    saved = []
+    for nid, item in output_items(entry, previews=args.previews):
+        dest = out_dir / item.get("subfolder", "") / item["filename"]
+        saved.append(client.download(item, dest))
+    for path in saved:
+        print(path)
+    if not saved:
+        log("the run finished but its output nodes saved no files")
+    return EXIT_OK
+
+
+def parser():
+    ap = argparse.ArgumentParser(prog="python -m wanid queue", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("workflow", help="workflow JSON (API format, e.g. example_workflows/api/*.json; "
+                                     "UI workflows are converted)")
+    ap.add_argument("--server", default="http://127.0.0.1:8188", help="ComfyUI URL (default %(default)s)")
+    ap.add_argument("--reference", help="reference clip (video) or photo to upload and use")
+    ap.add_argument("--prompt", help="positive prompt text")
+    ap.add_argument("--negative", help="negative prompt text (default: the workflow's)")
+    ap.add_argument("--set", action="append", metavar="NODE.INPUT=VALUE",
+                    help="set an input; NODE is an id or a title, VALUE is JSON when it parses (30, 4.5, true, "
+                         "\"text\", [\"4\", 0] for a link), else text. Repeatable; applied last")
+    ap.add_argument("--seed", type=int, help="seed for every seed / noise_seed input (default: the workflow's)")
+    ap.add_argument("--out", default="output", help="folder for the downloaded outputs (default %(default)s)")
+    ap.add_argument("--previews", action="store_true", help="also download temporary previews")
+    ap.add_argument("--timeout", type=float, default=0, help="give up after this many seconds (default: wait)")
+    ap.add_argument("--no-progress", action="store_true", help="no progress display")
+    ap.add_argument("--quiet", action="store_true", help="print only the downloaded files and errors")
+    ap.add_argument("--allow-partial", action="store_true",
+                    help="when some outputs fail validation, run the others (default: cancel, exit 2)")
+    ap.add_argument("--dry-run", action="store_true",
+                    help="print the filled API workflow instead of queueing it (nothing is uploaded)")
+    return ap
+
+
+def main(argv=None):
+    args = parser().parse_args(argv)
+    try:
+        return run(args)
+    except wf.WorkflowError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_REFUSED
+    except QueueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

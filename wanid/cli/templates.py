@@ -1,0 +1,304 @@
+"""The pack's example workflows, defined here once and written as JSON files.
+
+    python -m wanid workflows --server http://127.0.0.1:8188      (rewrite example_workflows/ from these graphs)
+    python -m wanid workflows --object-info object_info.json     (same, from a saved GET /object_info)
+
+example_workflows/<name>.json      UI workflows: ComfyUI's template browser lists these (Workflow > Browse
+                                   Templates > ComfyUI-WanIdentity); the editor opens them.
+example_workflows/api/<name>.json  their API-format twins, for POST /prompt and `python -m wanid queue`.
+The API graphs below are the source; the UI twins are generated from them with the server's node schemas
+(workflow.api_to_ui), so the two cannot drift. Node ids are the same in both: `--set 11.steps=30` names the
+node the editor shows as #11.
+"""
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from . import workflow as wf
+
+REPO = Path(__file__).resolve().parents[2]
+FOLDER = REPO / "example_workflows"
+API_FOLDER = FOLDER / "api"
+
+# Model files, as the README documents them (folder under ComfyUI/models, file name).
+WAN21_T2V = "wan2.1_t2v_14B_fp8_e4m3fn.safetensors"
+WAN22_HIGH = "wan2.2_t2v_high_noise_14B_fp8_scaled.safetensors"
+WAN22_LOW = "wan2.2_t2v_low_noise_14B_fp8_scaled.safetensors"
+UMT5 = "umt5_xxl_fp8_e4m3fn_scaled.safetensors"
+WAN_VAE = "wan_2.1_vae.safetensors"
+STANDIN_21 = "Stand-In_wan2.1_T2V_14B.ckpt"
+STANDIN_22_HIGH = "Stand-In_wan2.2_T2V_A14B_high.ckpt"
+STANDIN_22_LOW = "Stand-In_wan2.2_T2V_A14B_low.ckpt"
+SLOT_ID = "slot-id_wan2.1_t2v_14B.safetensors"
+BISENET = "parsing_bisenet.pth"
+REFERENCE = "reference.mp4"  # placeholder: the user's clip (uploaded with the node's button or --reference)
+
+# Inputs whose values are file names (models, the user's clip): checked against the server's lists only when
+# the files are installed.
+FILE_INPUTS = {"unet_name", "clip_name", "vae_name", "standin_name", "slot_id_name", "parser_model", "video",
+               "image"}
+
+POSITIVE = ("A man sits at a desk facing the camera and talks as if on a video call with friends, smiling "
+            "naturally. Warm indoor light; behind him a tidy shelf with photos and a world map on the wall.")
+# Wan's own default negative prompt (the one its reference code and Stand-In use).
+NEGATIVE = ("色调艳丽，过曝，静态，细节模糊不清，字幕，风格，作品，画作，画面，静止，整体发灰，最差质量，低质量，"
+            "JPEG压缩残留，丑陋的，残缺的，多余的手指，画得不好的手部，画得不好的脸部，畸形的，毁容的，形态畸形的肢体，"
+            "手指融合，静止不动的画面，杂乱的背景，三条腿，背景人很多，倒着走")
+
+# Official Stand-In inference defaults (Wan 2.1): 480x832, 81 frames, 20 steps, cfg 5.0, shift 5.0.
+WIDTH, HEIGHT, LENGTH, STEPS, CFG, SHIFT, FPS = 832, 480, 81, 20, 5.0, 5.0, 16.0
+# Wan 2.2 A14B as ComfyUI's own template runs it: high-noise expert steps 0-10, low-noise 10-20.
+CFG_22, SHIFT_22, SWITCH_22 = 3.5, 8.0, 10
+SEED = 42
+
+
+class Graph:
+    def __init__(self):
+        self.nodes = {}
+
+    def add(self, class_type, title=None, **inputs):
+        nid = str(len(self.nodes) + 1)
+        node = {"class_type": class_type, "inputs": inputs}
+        if title:
+            node["_meta"] = {"title": title}
+        self.nodes[nid] = node
+        return nid
+
+
+def out(nid, slot=0):
+    return [nid, slot]
+
+
+# ---- building blocks
+
+def _text(g):
+    clip = g.add("CLIPLoader", "Load umT5 text encoder", clip_name=UMT5, type="wan", device="default")
+    pos = g.add("CLIPTextEncode", "Positive Prompt", text=POSITIVE, clip=out(clip))
+    neg = g.add("CLIPTextEncode", "Negative Prompt", text=NEGATIVE, clip=out(clip))
+    return pos, neg
+
+
+def _face(g, on_no_face="skip"):
+    clip = g.add("WanIDReferenceClipLoader", "Reference clip", video=REFERENCE, num_frames=16, start_time=0.0,
+                 duration=0.0, stride=0, max_side=1024)
+    face = g.add("WanIDFaceCropParse", None, images=out(clip, 0), times=out(clip, 1), detector="auto",
+                 face_choice="largest", face_index=0, on_no_face=on_no_face, label_set="official",
+                 parser_model=BISENET, provider="auto", fallback="keep_all", normalization="official")
+    g.add("PreviewImage", "Faces found (gold = anchor)", images=out(face, 4))
+    return clip, face
+
+
+def _output(g, samples, vae, prefix):
+    images = g.add("VAEDecode", None, samples=out(samples), vae=out(vae))
+    video = g.add("CreateVideo", None, images=out(images), fps=FPS)
+    g.add("SaveVideo", None, video=out(video), filename_prefix=prefix, format="auto", codec="auto")
+
+
+def _ksampler(g, model, positive, negative, latent, cfg=CFG):
+    return g.add("KSampler", None, model=model, positive=positive, negative=negative, latent_image=out(latent),
+                 seed=SEED, steps=STEPS, cfg=cfg, sampler_name="euler", scheduler="simple", denoise=1.0)
+
+
+def _latent(g):
+    return g.add("EmptyHunyuanLatentVideo", None, width=WIDTH, height=HEIGHT, length=LENGTH, batch_size=1)
+
+
+def _standin(g, model, name, face, vae, title):
+    return g.add("WanIDRestrictedAttnPatch", title, model=out(model), standin_name=name, strength=1.0,
+                 reference_image=out(face, 2), vae=out(vae))
+
+
+# ---- the workflows
+
+def standin_wan21():
+    g = Graph()
+    unet = g.add("UNETLoader", "Load Wan 2.1 T2V 14B", unet_name=WAN21_T2V, weight_dtype="default")
+    vae = g.add("VAELoader", None, vae_name=WAN_VAE)
+    pos, neg = _text(g)
+    _, face = _face(g)
+    patched = _standin(g, unet, STANDIN_21, face, vae, "Stand-In")
+    model = g.add("ModelSamplingSD3", None, model=out(patched), shift=SHIFT)
+    latent = _latent(g)
+    samples = _ksampler(g, out(model), out(pos), out(neg), latent)
+    _output(g, samples, vae, "WanIdentity/standin_wan21")
+    return g.nodes
+
+
+def standin_wan22():
+    g = Graph()
+    high = g.add("UNETLoader", "Load Wan 2.2 T2V A14B high noise", unet_name=WAN22_HIGH, weight_dtype="default")
+    low = g.add("UNETLoader", "Load Wan 2.2 T2V A14B low noise", unet_name=WAN22_LOW, weight_dtype="default")
+    vae = g.add("VAELoader", None, vae_name=WAN_VAE)
+    pos, neg = _text(g)
+    _, face = _face(g)
+    high_p = _standin(g, high, STANDIN_22_HIGH, face, vae, "Stand-In (high-noise expert)")
+    low_p = _standin(g, low, STANDIN_22_LOW, face, vae, "Stand-In (low-noise expert)")
+    high_m = g.add("ModelSamplingSD3", None, model=out(high_p), shift=SHIFT_22)
+    low_m = g.add("ModelSamplingSD3", None, model=out(low_p), shift=SHIFT_22)
+    latent = _latent(g)
+    first = g.add("KSamplerAdvanced", "KSampler (high noise, steps 0-10)", model=out(high_m), add_noise="enable",
+                  noise_seed=SEED, steps=STEPS, cfg=CFG_22, sampler_name="euler", scheduler="simple",
+                  positive=out(pos), negative=out(neg), latent_image=out(latent), start_at_step=0,
+                  end_at_step=SWITCH_22, return_with_leftover_noise="enable")
+    second = g.add("KSamplerAdvanced", "KSampler (low noise, steps 10-20)", model=out(low_m), add_noise="disable",
+                   noise_seed=0, steps=STEPS, cfg=CFG_22, sampler_name="euler", scheduler="simple",
+                   positive=out(pos), negative=out(neg), latent_image=out(first), start_at_step=SWITCH_22,
+                   end_at_step=10000, return_with_leftover_noise="disable")
+    _output(g, second, vae, "WanIdentity/standin_wan22")
+    return g.nodes
+
+
+def _slot(g, unet, face, vae, pos, neg):
+    loader = g.add("WanIDSlotIDLoader", None, model=out(unet), slot_id_name=SLOT_ID, lora_strength=1.0)
+    tokens = g.add("WanIDSlotEncoder", None, slot_id=out(loader, 1), face_clip=out(face, 3), vae=out(vae))
+    g.add("PreviewImage", "Slot routing (slots x frames)", images=out(tokens, 1))
+    inject = g.add("WanIDIdentityTokenInject", None, positive=out(pos), identity_tokens=out(tokens, 0),
+                   strength=1.0, pad_negative=True, negative=out(neg))
+    return loader, inject
+
+
+def slotid_wan21():
+    g = Graph()
+    unet = g.add("UNETLoader", "Load Wan 2.1 T2V 14B", unet_name=WAN21_T2V, weight_dtype="default")
+    vae = g.add("VAELoader", None, vae_name=WAN_VAE)
+    pos, neg = _text(g)
+    _, face = _face(g)
+    loader, inject = _slot(g, unet, face, vae, pos, neg)
+    model = g.add("ModelSamplingSD3", None, model=out(loader), shift=SHIFT)
+    latent = _latent(g)
+    samples = _ksampler(g, out(model), out(inject, 0), out(inject, 1), latent)
+    _output(g, samples, vae, "WanIdentity/slotid_wan21")
+    return g.nodes
+
+
+def slotid_standin_wan21():
+    g = Graph()
+    unet = g.add("UNETLoader", "Load Wan 2.1 T2V 14B", unet_name=WAN21_T2V, weight_dtype="default")
+    vae = g.add("VAELoader", None, vae_name=WAN_VAE)
+    pos, neg = _text(g)
+    _, face = _face(g)
+    loader, inject = _slot(g, unet, face, vae, pos, neg)
+    patched = _standin(g, loader, STANDIN_21, face, vae, "Stand-In")
+    model = g.add("ModelSamplingSD3", None, model=out(patched), shift=SHIFT)
+    latent = _latent(g)
+    samples = _ksampler(g, out(model), out(inject, 0), out(inject, 1), latent)
+    _output(g, samples, vae, "WanIdentity/slotid_standin_wan21")
+    return g.nodes
+
+
+def face_preprocess():
+    g = Graph()
+    _, face = _face(g)
+    g.add("SaveImage", "Save anchor (Stand-In reference)", images=out(face, 2),
+          filename_prefix="WanIdentity/face_anchor")
+    g.add("SaveImage", "Save crops", images=out(face, 0), filename_prefix="WanIdentity/face_crops")
+    masks = g.add("MaskToImage", None, mask=out(face, 1))
+    g.add("PreviewImage", "Parser masks", images=out(masks))
+    g.add("PreviewAny", "Face info", source=out(face, 5))
+    return g.nodes
+
+
+_MODELS = {
+    "wan21": [("diffusion_models", WAN21_T2V)],
+    "wan22": [("diffusion_models", WAN22_HIGH), ("diffusion_models", WAN22_LOW)],
+    "text": [("text_encoders", UMT5), ("vae", WAN_VAE)],
+    "standin21": [("stand_in", STANDIN_21)],
+    "standin22": [("stand_in", STANDIN_22_HIGH), ("stand_in", STANDIN_22_LOW)],
+    "slot": [("slot_id", SLOT_ID)],
+    "face": [("face_parsing", BISENET + "  (optional: without it pick 'none (fallback)')"),
+             ("insightface/models/antelopev2", "antelopev2 (optional for Stand-In; Slot-ID needs its ArcFace)")],
+}
+
+
+def _note(summary, *groups, extra=""):
+    lines = [summary, "", "**Models** (ComfyUI/models/...):"]
+    for key in groups:
+        lines += [f"- `{folder}/` {name}" for folder, name in _MODELS[key]]
+    lines += ["", "**Use**: upload your reference clip in *Reference clip* (one person, face visible), write the "
+              "prompt, queue. Headless: `python -m wanid queue example_workflows/api/<this file> --server URL "
+              "--reference clip.mp4 --prompt \"...\"`."]
+    if extra:
+        lines += ["", extra]
+    return [("About this workflow", "\n".join(lines))]
+
+
+WORKFLOWS = {
+    "standin_wan21_t2v_14b": (
+        standin_wan21,
+        _note("**Stand-In** text-to-video on native **Wan 2.1 T2V 14B** (fp8): the best face of the reference "
+              "clip joins every block's self-attention. Official defaults: 832x480, 81 frames, 20 steps, cfg 5, "
+              "shift 5.", "wan21", "text", "standin21", "face")),
+    "standin_wan22_t2v_a14b": (
+        standin_wan22,
+        _note("**Stand-In** text-to-video on **Wan 2.2 T2V A14B**: both experts, each patched with its own "
+              "Stand-In file; high-noise expert steps 0-10, low-noise expert 10-20 (as ComfyUI's Wan 2.2 "
+              "template, cfg 3.5, shift 8).", "wan22", "text", "standin22", "face")),
+    "slotid_wan21_t2v_from_clip": (
+        slotid_wan21,
+        _note("**Slot-ID** text-to-video from a reference clip on **Wan 2.1 T2V 14B**: faces of the clip become "
+              "identity tokens prepended to the prompt; the checkpoint's LoRA adapts cross-attention.",
+              "wan21", "text", "slot", "face")),
+    "slotid_standin_wan21_t2v": (
+        slotid_standin_wan21,
+        _note("**Slot-ID + Stand-In** on **Wan 2.1 T2V 14B**: identity tokens in the text stream and the anchor "
+              "face in self-attention. Lower either strength if the face looks over-constrained.",
+              "wan21", "text", "slot", "standin21", "face")),
+    "face_crop_parse": (
+        face_preprocess,
+        _note("**Face preprocessing alone**: the reference clip's frames, face crops on white (what Stand-In "
+              "and Slot-ID see), parser masks, the anchor frame and a contact sheet. Check a clip here first.",
+              "face")),
+}
+
+
+def api_workflow(name, object_info=None):
+    api = WORKFLOWS[name][0]()
+    return wf.complete_api(api, object_info) if object_info is not None else api
+
+
+def dump(data):
+    return json.dumps(data, indent=2, ensure_ascii=False) + "\n"
+
+
+def write_all(object_info, folder=FOLDER):
+    folder = Path(folder)
+    (folder / "api").mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, (build, notes) in WORKFLOWS.items():
+        api = wf.complete_api(build(), object_info)
+        ui = wf.api_to_ui(api, object_info, notes=notes)
+        for path, data in ((folder / "api" / f"{name}.json", api), (folder / f"{name}.json", ui)):
+            path.write_text(dump(data), encoding="utf-8")
+            written.append(path)
+    return written
+
+
+def fetch_object_info(server):
+    import urllib.request
+
+    with urllib.request.urlopen(server.rstrip("/") + "/object_info", timeout=60) as r:
+        return json.load(r)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(prog="python -m wanid workflows", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    src = ap.add_mutually_exclusive_group(required=True)
+    src.add_argument("--server", help="a running ComfyUI with this pack (its /object_info gives the node schemas)")
+    src.add_argument("--object-info", help="a saved GET /object_info JSON file")
+    ap.add_argument("--out", default=str(FOLDER), help=f"folder to write (default {FOLDER})")
+    args = ap.parse_args(argv)
+    if args.server:
+        info = fetch_object_info(args.server)
+    else:
+        with open(args.object_info, encoding="utf-8") as f:
+            info = json.load(f)
+    try:
+        for path in write_all(info, args.out):
+            print(os.path.relpath(path))
+    except wf.WorkflowError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
