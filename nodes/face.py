@@ -7,7 +7,7 @@ import torch
 import comfy.model_management
 import comfy.utils
 import folder_paths
-from comfy_api.latest import io
+from comfy_api.latest import io, ui
 
 from ..wanid.face import parsing
 from ..wanid.face.detect import PROVIDER_CHOICES, load_detector
@@ -160,7 +160,9 @@ class WanIDFaceCropParse(io.ComfyNode):
             info = report.text() + f"\nanchor: frame {report.kept[clip.anchor_index]}"
         else:
             info = report.text() + "\nanchor: no frame has a face; the first (whole) frame is passed"
-        return io.NodeOutput(clip.crops, clip.masks, anchor, clip, contact_sheet(clip, report), info)
+        sheet = contact_sheet(clip, report)
+        shown = {**ui.PreviewImage(sheet, cls=cls).as_dict(), "text": [info]}  # crops and anchor on the node
+        return io.NodeOutput(clip.crops, clip.masks, anchor, clip, sheet, info, ui=shown)
 
 
 NODES = [WanIDFaceCropParse]

@@ -13,7 +13,7 @@ import comfy.model_patcher
 import comfy.sd
 import comfy.utils
 import folder_paths
-from comfy_api.latest import io
+from comfy_api.latest import io, ui
 
 from ..wanid.slot.checkpoint import SlotIDCheckpoint, load_checkpoint
 from ..wanid.slot.encoder import IdentityTokens, clip_inputs
@@ -182,7 +182,8 @@ class SlotEncoder(io.ComfyNode):
         ckpt = slot_id.checkpoint
         tokens = slot_id.encoder.encode_clip(**inputs, device=slot_id.patcher.load_device, backbone=ckpt.backbone,
                                              dim=ckpt.dim, source=ckpt.source)
-        return io.NodeOutput(tokens, routing_image(tokens.plan, face_clip.valid))
+        routing = routing_image(tokens.plan, face_clip.valid)
+        return io.NodeOutput(tokens, routing, ui=ui.PreviewImage(routing, cls=cls))  # heatmap on the node
 
 
 def prepend(conditioning, rows, name):
