@@ -209,25 +209,24 @@ class IdentityTokenInject(io.ComfyNode):
                         "negative gets as many zero rows (Wan's own padding), so both stay one batched model call.",
             inputs=[
                 io.Conditioning.Input("positive"),
+                io.Conditioning.Input("negative", tooltip="The negative prompt; padded with zero rows when "
+                                                          "pad_negative is on"),
                 IdentityTokensType.Input("identity_tokens"),
                 io.Float.Input("strength", default=1.0, min=0.0, max=3.0, step=0.05,
                                tooltip="Multiplies the slot tokens (the gate); 0 leaves the anchor tokens alone"),
                 io.Boolean.Input("pad_negative", default=True,
                                  tooltip="Pad the negative with zero rows so positive and negative run batched"),
-                io.Conditioning.Input("negative", optional=True,
-                                      tooltip="The negative prompt; the negative output is it, padded (None when "
-                                              "not connected)"),
             ],
             outputs=[io.Conditioning.Output(display_name="positive"),
                      io.Conditioning.Output(display_name="negative")],
         )
 
     @classmethod
-    def execute(cls, positive, identity_tokens: IdentityTokens, strength=1.0, pad_negative=True,
-                negative=None) -> io.NodeOutput:
+    def execute(cls, positive, negative, identity_tokens: IdentityTokens, strength=1.0,
+                pad_negative=True) -> io.NodeOutput:
         rows = identity_tokens.scaled(strength)
         new_positive = prepend(positive, rows, "positive")
-        if negative is not None and pad_negative:
+        if pad_negative:
             negative = prepend(negative, torch.zeros_like(rows), "negative")
         return io.NodeOutput(new_positive, negative)
 

@@ -245,7 +245,7 @@ def test_inject_prepends_to_every_positive_and_pads_the_negative(nodes):
                       pad_negative=False, negative=neg)
     assert same_neg is neg
     with pytest.raises(ValueError, match=r"positive: entry 0 has shape \[1, 77, 768\]"):
-        run(nodes.IdentityTokenInject, positive=[[torch.zeros(1, 77, 768), {}]], identity_tokens=ids)
+        run(nodes.IdentityTokenInject, positive=[[torch.zeros(1, 77, 768), {}]], negative=neg, identity_tokens=ids)
 
 
 def _sample(model, positive, negative, steps=2, seed=0):

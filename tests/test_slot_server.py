@@ -103,7 +103,7 @@ def test_schemas(server):
     inj = info["WanIDIdentityTokenInject"]
     assert inj["input"]["required"]["pad_negative"][1]["default"] is True
     assert inj["input"]["required"]["strength"][1]["default"] == 1.0
-    assert set(inj["input"]["optional"]) == {"negative"}
+    assert list(inj["input"]["required"]) == ["positive", "negative", "identity_tokens", "strength", "pad_negative"]
     assert inj["output"] == ["CONDITIONING", "CONDITIONING"]
 
 
