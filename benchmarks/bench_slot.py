@@ -9,31 +9,14 @@ The encoder part needs only torch; the step part needs ComfyUI (COMFYUI_PATH or 
 Prints markdown tables naming the machine (copy them into docs/bench-slot.md).
 """
 import argparse
-import os
-import platform
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO / "tests"), str(REPO)]
+from common import WAN_SIZES as SIZES, build_wan, machine  # noqa: E402
 
-SIZES = {  # name: (dim, ffn, layers)
-    "tiny": (128, 256, 2),
-    "small": (512, 1536, 8),
-    "1.3B": (1536, 8960, 30),
-    "14B": (5120, 13824, 40),
-}
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def machine():
-    if torch.cuda.is_available():
-        return f"{torch.cuda.get_device_name(0)}, torch {torch.__version__}"
-    return f"{platform.processor() or platform.machine()} CPU, {os.cpu_count()} cores, torch {torch.__version__}"
 
 
 def sync(device):
@@ -93,29 +76,10 @@ def bench_encoder(device, dtype, frames, repeats):
     return rows, params, cfg
 
 
-def build_dit(size, device, dtype):
-    import conftest
-    conftest.import_comfy()
-    if device == "cuda":
-        import comfy.cli_args
-        comfy.cli_args.args.cpu = False
-    import comfy.sd
-    from tiny_wan import tiny_wan_shapes
-    dim, ffn, layers = SIZES[size]
-    g = torch.Generator(device=device).manual_seed(0)
-    sd = {}
-    for key, shape in tiny_wan_shapes(dim=dim, ffn=ffn, layers=layers).items():
-        t = torch.randn(shape, generator=g, device=device, dtype=dtype)
-        sd[key] = t * (0.05 if key.endswith("bias") else (1.0 if "norm" in key else shape[-1] ** -0.5))
-    patcher = comfy.sd.load_diffusion_model_state_dict(sd, model_options={"dtype": dtype})
-    del sd
-    return patcher
-
-
 def bench_step(size, device, dtype, frames, height, width, repeats, extra_tokens):
     import copy
 
-    patcher = build_dit(size, device, dtype)  # imports ComfyUI first
+    patcher = build_wan(size, device, dtype)  # imports ComfyUI first
     import comfy.model_management
     import comfy.patcher_extension
     comfy.model_management.load_models_gpu([patcher])

@@ -7,49 +7,12 @@ precompute, and (on CUDA) peak memory. Random weights: speed does not depend on 
 Needs ComfyUI (COMFYUI_PATH or ~/ComfyUI). Prints a markdown table naming the machine.
 """
 import argparse
-import os
-import platform
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO / "tests"), str(REPO)]
-
-SIZES = {  # name: (dim, ffn, layers)
-    "tiny": (128, 256, 2),
-    "small": (512, 1536, 8),
-    "1.3B": (1536, 8960, 30),
-    "14B": (5120, 13824, 40),
-}
-
-
-def machine():
-    if torch.cuda.is_available():
-        return torch.cuda.get_device_name(0)
-    return f"{platform.processor() or platform.machine()} CPU, {os.cpu_count()} cores, torch {torch.__version__}"
-
-
-def build(size, device, dtype):
-    import conftest
-    conftest.import_comfy()
-    if device == "cuda":
-        import comfy.cli_args
-        comfy.cli_args.args.cpu = False
-    import comfy.sd
-    from tiny_wan import tiny_wan_shapes
-    dim, ffn, layers = SIZES[size]
-    g = torch.Generator(device=device).manual_seed(0)
-    sd = {}
-    for key, shape in tiny_wan_shapes(dim=dim, ffn=ffn, layers=layers).items():
-        t = torch.randn(shape, generator=g, device=device, dtype=dtype)
-        sd[key] = t * (0.05 if key.endswith("bias") else (1.0 if "norm" in key else shape[-1] ** -0.5))
-    patcher = comfy.sd.load_diffusion_model_state_dict(sd, model_options={"dtype": dtype})
-    del sd
-    return patcher, dim, layers
+from common import WAN_SIZES as SIZES, build_wan, machine  # noqa: E402
 
 
 def standin_weights(dim, layers, rank=128):
@@ -110,7 +73,8 @@ def main():
 
     rows = []
     for size in args.sizes:
-        patcher, dim, layers = build(size, device, dtype)
+        patcher = build_wan(size, device, dtype)
+        dim, _, layers = SIZES[size]
         from wanid_pack.nodes.standin_patch import apply_standin
         g = torch.Generator(device=device).manual_seed(2)
         x = torch.randn(2, 16, *lat, generator=g, device=device, dtype=dtype)  # positive + negative batched

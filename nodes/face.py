@@ -2,7 +2,6 @@
 the FACE_CLIP that SlotEncoder reads."""
 import os
 
-import torch
 
 import comfy.model_management
 import comfy.utils

@@ -1,7 +1,6 @@
 """RestrictedAttnPatch: Stand-In's reference branch on ComfyUI's native Wan model."""
 import os
 
-import torch
 
 import folder_paths
 from comfy_api.latest import io

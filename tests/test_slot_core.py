@@ -1,5 +1,4 @@
 """Slot-ID core (plain torch, no ComfyUI): Sinkhorn, slot reader, frame tokens, SlotEncoder."""
-import math
 
 import numpy as np
 import pytest

@@ -5,7 +5,6 @@ import copy
 import pytest
 import torch
 
-import conftest
 import standin_reference
 import tiny_wan
 

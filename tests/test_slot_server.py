@@ -20,7 +20,6 @@ CKPT = "wanid_test_slot_tiny.safetensors"
 def write_blocks_video(path, frames=8):
     """A lossless clip in which a bright 3x3-cell block (what the test SCRFD detects as a face) moves right."""
     import av
-    import numpy as np
     from test_face_support import bright_blocks
 
     with av.open(str(path), "w") as c:

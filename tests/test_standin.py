@@ -1,12 +1,10 @@
 """RestrictedAttnPatch on a real (tiny, random) native Wan model, in-process, against the float64 reference."""
 import copy
 import math
-import os
 
 import pytest
 import torch
 
-import conftest
 import standin_reference
 import tiny_wan
 

@@ -16,7 +16,7 @@ import numpy as np
 
 from .face.detect import (DETECTION_LADDER, PACK_NAMES, RECOGNITION_FILES, _candidate_dirs, _classify,
                           detect_with_ladder)
-from .face.pipeline import choose_face, to_uint8
+from .face.pipeline import choose_face, frame_ranges, to_uint8
 
 REFERENCE_MODES = ("mean", "anchor")
 
@@ -67,21 +67,10 @@ def summary_text(scores: np.ndarray, model_name="") -> str:
         s = np.asarray(scores, float)[np.isfinite(scores)]
         lines.append(f"min {s.min():.4f}, max {s.max():.4f}")
     if missing:
-        lines.append(f"no face: frames {_ranges(missing)}")
+        lines.append(f"no face: frames {frame_ranges(missing)}")
     if model_name:
         lines.append(f"model: {model_name}")
     return "\n".join(lines)
-
-
-def _ranges(idx):
-    out, start = [], None
-    for k, i in enumerate(idx):
-        if start is None:
-            start = i
-        if k + 1 == len(idx) or idx[k + 1] != i + 1:
-            out.append(str(start) if start == i else f"{start}-{i}")
-            start = None
-    return ", ".join(out)
 
 
 # ------------------------------------------------------------------------------------------------- embeddings

@@ -9,7 +9,7 @@ import logging
 import os
 import zipfile
 from dataclasses import dataclass, field
-from typing import List, Optional, Sequence
+from typing import List, Sequence
 
 import cv2
 import numpy as np

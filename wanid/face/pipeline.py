@@ -45,9 +45,9 @@ class ClipReport:
                  f"frames: {self.frames_in} in, {len(self.kept)} out "
                  f"({len(self.kept) - len(self.whole_frame)} with a face)"]
         if self.skipped:
-            lines.append(f"skipped (no face): {_ranges(self.skipped)}")
+            lines.append(f"skipped (no face): {frame_ranges(self.skipped)}")
         if self.whole_frame:
-            lines.append(f"whole frame, padded white (no face): {_ranges(self.whole_frame)}")
+            lines.append(f"whole frame, padded white (no face): {frame_ranges(self.whole_frame)}")
         rungs = sorted({s for s in self.sizes_used if s})
         if len(rungs) > 1 or (rungs and rungs[0] != DETECTION_LADDER[0]):
             lines.append(f"detection sizes used: {rungs}")
@@ -56,7 +56,8 @@ class ClipReport:
         return "\n".join(lines)
 
 
-def _ranges(idx):
+def frame_ranges(idx):
+    """[1, 2, 3, 7] -> '1-3, 7'."""
     out, start = [], None
     for k, i in enumerate(idx):
         if start is None:
@@ -162,7 +163,7 @@ def process_clip(frames, detector, *, embedder=None, parser=None, label_set="off
     missing = [i for i, k in enumerate(chosen) if k is None]
     if missing and on_no_face == "error":
         why = "no face found" if face_choice != "index" else f"no face number {face_index} (left to right)"
-        shown = _ranges(missing)
+        shown = frame_ranges(missing)
         raise NoFaceError(
             f"{why} in {len(missing)} of {t} frames: {shown} (sizes tried: {list(ladder)}). Set on_no_face "
             "to 'skip' to drop them, or 'whole_frame' to pass the whole frame padded white (Stand-In's fallback).",

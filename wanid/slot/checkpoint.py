@@ -10,7 +10,6 @@ The LoRA keys are ComfyUI's own ("regular" lora_up/lora_down + alpha on the diff
 comfy.lora.model_lora_keys_unet maps them), so ComfyUI's LoRA machinery patches the weights: fp8 storage, lowvram
 offload and other LoRAs stack as usual. A fresh checkpoint has lora_up = 0: it leaves the DiT unchanged.
 """
-import json
 import math
 import os
 import re

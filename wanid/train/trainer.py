@@ -17,7 +17,6 @@ checkpointing on ComfyUI's own per-block replace hook. This module does not impo
 """
 import json
 import logging
-import math
 import os
 import time
 from dataclasses import asdict, dataclass, fields

@@ -1,0 +1,44 @@
+"""What the benchmark scripts share: the machine's name and random-weight native Wan models of real sizes."""
+import os
+import platform
+import sys
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO / "tests"), str(REPO)]
+
+WAN_SIZES = {  # name: (dim, ffn, layers)
+    "tiny": (128, 256, 2),
+    "small": (512, 1536, 8),
+    "1.3B": (1536, 8960, 30),
+    "14B": (5120, 13824, 40),
+}
+
+
+def machine():
+    if torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name(0)}, torch {torch.__version__}"
+    return f"{platform.processor() or platform.machine()} CPU, {os.cpu_count()} cores, torch {torch.__version__}"
+
+
+def build_wan(size, device, dtype):
+    """A native ComfyUI Wan 2.1 T2V ModelPatcher of that size with random weights (speed does not depend on them).
+    Imports ComfyUI (COMFYUI_PATH or ~/ComfyUI) on the way."""
+    import conftest
+    conftest.import_comfy()
+    if device == "cuda":
+        import comfy.cli_args
+        comfy.cli_args.args.cpu = False
+    import comfy.sd
+    from tiny_wan import tiny_wan_shapes
+    dim, ffn, layers = WAN_SIZES[size]
+    g = torch.Generator(device=device).manual_seed(0)
+    sd = {}
+    for key, shape in tiny_wan_shapes(dim=dim, ffn=ffn, layers=layers).items():
+        t = torch.randn(shape, generator=g, device=device, dtype=dtype)
+        sd[key] = t * (0.05 if key.endswith("bias") else (1.0 if "norm" in key else shape[-1] ** -0.5))
+    patcher = comfy.sd.load_diffusion_model_state_dict(sd, model_options={"dtype": dtype})
+    del sd
+    return patcher
