@@ -9,7 +9,7 @@ import folder_paths
 from comfy_api.latest import io, ui
 
 from ..wanid.face import parsing
-from ..wanid.face.detect import PROVIDER_CHOICES, load_detector
+from ..wanid.face.detect import PROVIDER_CHOICES, find_recognition_model, load_detector
 from ..wanid.face.embed import ArcFaceEmbedder
 from ..wanid.face.pipeline import (FACE_CHOICES, NO_FACE_POLICIES, contact_sheet, process_clip,
                                    reference_embedding)
@@ -24,7 +24,7 @@ NO_PARSER = "none (fallback)"
 _cache = {}
 
 
-def _cached(key, make):
+def cached(key, make):
     if key not in _cache:
         _cache[key] = make()
     return _cache[key]
@@ -38,16 +38,21 @@ def _parser_files():
     return preferred + [f for f in files if f not in preferred] + [NO_PARSER]
 
 
-def _detector(kind, provider):
+def detector_and_embedder(kind, provider):
+    """(detector, ArcFace embedder or None). The pack's own recognition model goes with its detector; with the
+    bundled RetinaFace (or a pack without one) any ArcFace model in models/insightface is used."""
     root = paths.model_dir("insightface")
-    det, pack = _cached(("detector", kind, root, provider, _pack_stamp(root, kind)),
-                        lambda: load_detector(kind, root, provider))
-    embedder = None
+    det, pack = cached(("detector", kind, root, provider, _pack_stamp(root, kind)),
+                       lambda: load_detector(kind, root, provider))
     if pack is not None and pack.recognition is not None:
-        key = ("arcface", pack.where, pack.recognition_file, provider)
-        embedder = _cached(key, lambda: ArcFaceEmbedder(pack.recognition, provider,
-                                                        name=f"{pack.name}/{pack.recognition_file}"))
-    return det, embedder
+        path, name = pack.recognition, f"{pack.name}/{pack.recognition_file}"
+    else:
+        found = find_recognition_model(root)
+        if found is None:
+            return det, None
+        path, name = found[1], f"{found[0]}/{os.path.basename(found[1])}"
+    return det, cached(("arcface", path, os.stat(path).st_mtime_ns, provider),
+                       lambda: ArcFaceEmbedder(path, provider, name=name))
 
 
 def _pack_stamp(root, kind):
@@ -69,7 +74,7 @@ def _parser(name):
                                 f"or pick '{NO_PARSER}'.")
     device = comfy.model_management.get_torch_device()
     stat = os.stat(path)
-    return _cached(("parser", path, stat.st_mtime_ns, str(device)),
+    return cached(("parser", path, stat.st_mtime_ns, str(device)),
                    lambda: parsing.load_face_parser(path, device=device))
 
 
@@ -133,7 +138,7 @@ class WanIDFaceCropParse(io.ComfyNode):
     @classmethod
     def execute(cls, images, detector, face_choice, face_index, on_no_face, label_set, parser_model, provider,
                 fallback="keep_all", normalization="official", times=None, similar_to=None) -> io.NodeOutput:
-        det, embedder = _detector(detector, provider)
+        det, embedder = detector_and_embedder(detector, provider)
         parser = _parser(parser_model)
         ref = None
         if face_choice == "most_similar":

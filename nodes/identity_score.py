@@ -8,35 +8,24 @@ import comfy.utils
 from comfy_api.latest import io, ui
 
 from ..wanid.face.detect import PROVIDER_CHOICES
-from ..wanid.face.embed import ArcFaceEmbedder
-from ..wanid.score import (REFERENCE_MODES, arcface_faces, find_recognition_model, mean_score, per_frame_json,
+from ..wanid.score import (REFERENCE_MODES, arcface_faces, mean_score, per_frame_json,
                            reference_from_clip, reference_from_images, render_plot, score_frames, summary_text)
 from . import paths
-from .face import DETECTORS, _cached, _detector
+from .face import DETECTORS, detector_and_embedder
 
 FaceClipType = io.Custom("FACE_CLIP")
 
 
 def _embedder(det_kind, provider):
-    """(detector, ArcFace embedder). The pack's own recognition model goes with its detector; with the bundled
-    RetinaFace (or a pack without one), any ArcFace model in models/insightface is used."""
-    det, embedder = _detector(det_kind, provider)
-    if embedder is not None:
-        return det, embedder
-    root = paths.model_dir("insightface")
-    found = find_recognition_model(root)
-    if found is None:
-        where = os.path.join(root, "models")
+    det, embedder = detector_and_embedder(det_kind, provider)
+    if embedder is None:
+        where = os.path.join(paths.model_dir("insightface"), "models")
         raise FileNotFoundError(
             "Identity Score needs an ArcFace recognition model and none was found: put antelopev2's "
             f"glintr100.onnx (ConsisID's FaceSim-Arc) in {os.path.join(where, 'antelopev2')}, or buffalo_l's "
             f"w600k_r50.onnx in {os.path.join(where, 'buffalo_l')}. The bundled RetinaFace finds faces but "
             "cannot tell who they are.")
-    pack, path = found
-    name = f"{pack}/{os.path.basename(path)}"
-    stat = os.stat(path)
-    return det, _cached(("arcface", path, stat.st_mtime_ns, provider),
-                        lambda: ArcFaceEmbedder(path, provider, name=name))
+    return det, embedder
 
 
 class WanIDIdentityScore(io.ComfyNode):

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from comfy_server import comfy_server  # noqa: F401  (session fixture: the real server)
-from test_face_support import carphone, write_pack
+from test_face_support import carphone, write_pack, write_arcface
 
 
 @pytest.fixture(scope="module")
@@ -128,3 +128,15 @@ def test_reference_clip_to_face_crop_through_a_real_server(comfy_server):
     assert torch.all(crops["image"][crops["mask"] == 0] == 1.0)  # white outside the face region
     assert any(torch.equal(anchor[0], c) for c in crops["image"])
     assert not comfy_server.pack_problems()
+
+
+def test_bundled_detector_uses_an_installed_arcface_for_embeddings(face_nodes, models_dir):
+    frames = torch.from_numpy(carphone()[:3]).float() / 255
+    assert run(face_nodes.WanIDFaceCropParse, images=frames).result[3].embeddings is None
+    folder = models_dir / "insightface" / "models" / "buffalo_l"
+    folder.mkdir(parents=True)
+    write_arcface(folder / "w600k_r50.onnx")  # a recognition model only: no detector beside it
+    clip, info = (lambda r: (r[3], r[5]))(run(face_nodes.WanIDFaceCropParse, images=frames).result)
+    assert clip.embeddings.shape == (3, 512)
+    assert torch.allclose(clip.embeddings.norm(dim=1), torch.ones(3), atol=1e-4)
+    assert "buffalo_l/w600k_r50.onnx" in info

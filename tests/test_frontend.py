@@ -268,7 +268,7 @@ def _upload_inputs(server, tmp):
 
 
 def test_identity_score_preview_and_mean_appear_on_the_node(server, page, tmp_path):
-    from wanid.score import find_recognition_model
+    from wanid.face.detect import find_recognition_model
     from test_identity_score import write_arcface
 
     if find_recognition_model(str(server.models_dir / "insightface")) is None:

@@ -7,15 +7,13 @@ the mean, so a video that loses the face does not score as "a different person".
 """
 import json
 import math
-import os
 from dataclasses import dataclass
 from typing import Callable, List, Optional, Sequence
 
 import cv2
 import numpy as np
 
-from .face.detect import (DETECTION_LADDER, PACK_NAMES, RECOGNITION_FILES, _candidate_dirs, _classify,
-                          detect_with_ladder)
+from .face.detect import DETECTION_LADDER, detect_with_ladder
 from .face.pipeline import choose_face, frame_ranges, to_uint8
 
 REFERENCE_MODES = ("mean", "anchor")
@@ -98,24 +96,6 @@ def arcface_faces(detector, embedder, ladder=DETECTION_LADDER):
         return out
 
     return embed_faces
-
-
-def find_recognition_model(root):
-    """(pack name, path) of an ArcFace recognition .onnx under root (ComfyUI's models/insightface), looked for
-    where find_insightface_pack looks, even without the pack's detector (the bundled RetinaFace can detect);
-    None when there is none. Renamed files are recognised by their signature, as insightface does."""
-    for name in PACK_NAMES:
-        for folder in _candidate_dirs(root, name):
-            if not os.path.isdir(folder):
-                continue
-            files = sorted(f for f in os.listdir(folder) if f.lower().endswith(".onnx"))
-            known = next((f for f in RECOGNITION_FILES if f in files), None)
-            if known:
-                return name, os.path.join(folder, known)
-            for f in files:
-                if _classify(os.path.join(folder, f)) == "recognition":
-                    return name, os.path.join(folder, f)
-    return None
 
 
 def score_frames(frames, reference: np.ndarray, embed_faces: Callable, on_progress=None) -> np.ndarray:

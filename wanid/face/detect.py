@@ -422,3 +422,21 @@ def load_detector(kind, insightface_root=None, provider="auto"):
         raise FileNotFoundError(f"{kind}: no insightface model folder is configured")
     pack = find_insightface_pack(insightface_root, kind)
     return SCRFDDetector(pack.detection, provider, name=f"{kind}/{pack.detection_file}"), pack
+
+
+def find_recognition_model(root):
+    """(pack name, path) of an ArcFace recognition .onnx under root (ComfyUI's models/insightface), looked for
+    where find_insightface_pack looks, even without the pack's detector (the bundled RetinaFace can detect);
+    None when there is none. Renamed files are recognised by their signature, as insightface does."""
+    for name in PACK_NAMES:
+        for folder in _candidate_dirs(root, name):
+            if not os.path.isdir(folder):
+                continue
+            files = sorted(f for f in os.listdir(folder) if f.lower().endswith(".onnx"))
+            known = next((f for f in RECOGNITION_FILES if f in files), None)
+            if known:
+                return name, os.path.join(folder, known)
+            for f in files:
+                if _classify(os.path.join(folder, f)) == "recognition":
+                    return name, os.path.join(folder, f)
+    return None
