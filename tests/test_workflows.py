@@ -189,7 +189,7 @@ def test_the_checker_catches_what_it_should(object_info):
 
 
 @pytest.mark.integration
-def test_ui_twins_agree_with_the_api_files(object_info):
+def test_ui_twins_agree_with_the_api_files(object_info, tmp_path):
     """Same nodes (ids, types, titles), same links, same widget values: the UI file read back as the editor would
     queue it is the API file; and the UI files are exactly what templates.py generates from the API graphs."""
     for name in NAMES:
@@ -205,14 +205,11 @@ def test_ui_twins_agree_with_the_api_files(object_info):
             out = next(n for n in ui["nodes"] if n["id"] == src)["outputs"][src_slot]
             inp = next(n for n in ui["nodes"] if n["id"] == dst)["inputs"][dst_slot]
             assert lid in out["links"] and inp["link"] == lid and out["type"] == ltype
-    regenerated = templates.write_all(object_info, folder=Path(pytest.importorskip("tempfile").mkdtemp()))
-    try:
-        for path in regenerated:
-            shipped = FOLDER / path.relative_to(path.parents[1] if path.parent.name == "api" else path.parent)
-            assert path.read_text(encoding="utf-8") == shipped.read_text(encoding="utf-8"), (
-                f"{shipped} is stale: run python -m wanid workflows --server URL")
-    finally:
-        shutil.rmtree(regenerated[0].parents[1] if regenerated[0].parent.name == "api" else regenerated[0].parent)
+    regenerated = templates.write_all(object_info, folder=tmp_path)
+    for path in regenerated:
+        shipped = FOLDER / path.relative_to(tmp_path)
+        assert path.read_text(encoding="utf-8") == shipped.read_text(encoding="utf-8"), (
+            f"{shipped} is stale: run python -m wanid workflows --server URL")
 
 
 @pytest.mark.integration

@@ -29,6 +29,8 @@ from pathlib import Path
 from . import workflow as wf
 
 EXIT_OK, EXIT_FAILED, EXIT_REFUSED = 0, 1, 2
+MODEL_INPUTS = {"unet_name", "clip_name", "vae_name", "ckpt_name", "lora_name", "standin_name", "slot_id_name",
+                "parser_model"}
 
 
 class QueueError(RuntimeError):
@@ -286,8 +288,11 @@ def format_node_errors(response, api):
             if details and details != name and details not in text:
                 text += f" ({details})"
             lines.append(f"    {name + ': ' if name else ''}{text} [{e.get('type', '?')}]")
-            if "received_value" in extra and not any(str(extra["received_value"]) in s for s in lines[-1:]):
+            if "received_value" in extra and str(extra["received_value"]) not in lines[-1]:
                 lines.append(f"      received: {extra['received_value']!r}")
+            if e.get("type") == "value_not_in_list" and name in MODEL_INPUTS:
+                lines.append("      (that file is not installed on the server: see the workflow's note or the README "
+                             "for the folder it goes in, then refresh)")
     return "\n".join(lines)
 
 
