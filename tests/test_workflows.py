@@ -368,3 +368,42 @@ def test_tiny_slot_variant_runs_end_to_end(slot_server, name):
     videos = [f for f in slot_server.output_files(entry) if f.suffix == ".mp4"]
     assert len(videos) == 1
     check_video(videos[0], frames=5, size=(32, 32))
+
+
+# ---- in the real editor (headless Chromium, as tests/test_frontend.py drives it)
+
+@pytest.fixture(scope="module")
+def editor(comfy_server):
+    import requests
+
+    from test_frontend import APP, CHROMIUM, NO_CHROMIUM, Browser
+
+    if CHROMIUM is None:
+        pytest.skip(NO_CHROMIUM)
+    requests.post(f"{comfy_server.url}/settings/Comfy.TutorialCompleted", json=True, timeout=10).raise_for_status()
+    browser = Browser(CHROMIUM)
+    try:
+        browser.goto(comfy_server.url)
+        browser.wait_for(f"{APP}?.graph && !!window.LiteGraph?.registered_node_types?.WanIDFaceCropParse",
+                         timeout=120, what="the ComfyUI page with the pack's nodes")
+        browser.app = APP
+        yield browser
+    finally:
+        browser.close()
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("name", NAMES)
+def test_editor_opens_the_template_and_queues_its_api_twin(editor, object_info, name):
+    """What a user gets: the editor loads the file the template browser serves, and the prompt it would queue
+    (graphToPrompt) is the API file, node for node, value for value (less the display-only widgets front-end
+    extensions add, such as Preview Any's 'preview', which the server ignores)."""
+    output = editor.evaluate("""(async () => {
+        const app = %s;
+        const r = await fetch('/api/workflow_templates/ComfyUI-WanIdentity/%s.json');
+        await app.loadGraphData(await r.json(), true, true, '%s');
+        return (await app.graphToPrompt()).output; })()""" % (editor.app, name, name))
+    for node in output.values():
+        known = {n for n, _, _ in wf.input_specs(object_info[node["class_type"]])}
+        node["inputs"] = {k: v for k, v in node["inputs"].items() if k in known}
+    assert output == load(name)

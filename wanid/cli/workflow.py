@@ -170,9 +170,15 @@ def _depths(api):
     return depth
 
 
+# Nodes that show images, video or text once they ran: room for it, so they do not grow over their neighbours.
+PREVIEW_TYPES = {"PreviewImage", "SaveImage", "SaveVideo", "SaveWEBM", "PreviewAny", "MaskPreview"}
+
+
 def _node_size(class_type, n_widgets, n_sockets, n_outputs, multiline):
     width = 420 if multiline else 340
     height = 36 + 22 * max(n_sockets, n_outputs) + 26 * n_widgets + (150 if multiline else 0)
+    if class_type in PREVIEW_TYPES:
+        height += 260
     return [width, height]
 
 
@@ -203,12 +209,14 @@ def api_to_ui(api, object_info, notes=(), column_width=420, gap=40):
     for index, nid in enumerate(order):
         node = api[nid]
         schema = object_info[node["class_type"]]
-        inputs, widgets, multiline = [], [], False
+        inputs, widgets, multiline, n_extra = [], [], False, 0
         target_links = iter(by_target.get(nid, []))
         for name, spec, required in input_specs(schema):
             value = node["inputs"].get(name)
             if is_widget(spec):
                 multiline |= bool(spec_options(spec).get("multiline"))
+                if any(spec_options(spec).get(k) for k in ("image_upload", "video_upload", "animated_image_upload")):
+                    n_extra += 1  # the editor's upload button
                 widgets.append(default_value(spec) if value is None or is_link(value) else value)
                 if has_control(name, spec):
                     widgets.append("fixed")
@@ -231,7 +239,7 @@ def api_to_ui(api, object_info, notes=(), column_width=420, gap=40):
         n_sockets = len(inputs)
         x = 60 + depth[nid] * column_width + (column_width if notes else 0)
         y = column_y.get(depth[nid], 60)
-        size = _node_size(node["class_type"], len(widgets), n_sockets, len(outputs), multiline)
+        size = _node_size(node["class_type"], len(widgets) + n_extra, n_sockets, len(outputs), multiline)
         column_y[depth[nid]] = y + size[1] + gap
         ui_node = {"id": ids[nid], "type": node["class_type"], "pos": [x, y], "size": size, "flags": {},
                    "order": index, "mode": 0, "inputs": inputs, "outputs": outputs,
