@@ -179,3 +179,31 @@ def test_ui_workflow_with_a_photo_reference(server, tmp_path):
     assert "a UI workflow; converting it" in r.stderr and "retinaface" in r.stderr.lower()  # PreviewAny's text
     pngs = sorted(p for p in (tmp_path / "out").rglob("*.png"))
     assert len(pngs) == 2 and all(Image.open(p).size == (512, 512) for p in pngs)  # anchor + the one crop
+
+
+def test_progress_bar_on_a_terminal_and_lines_in_a_log(monkeypatch):
+    import io
+
+    from wanid.cli.queue import Progress
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    api = {"3": {"class_type": "KSampler", "inputs": {}, "_meta": {"title": "KSampler"}}}
+    monkeypatch.setitem(sys.modules, "tqdm", None)  # the plain bar (tqdm is used when installed)
+    term = Terminal()
+    bar = Progress(api, stream=term)
+    bar.executing("3")
+    for i in range(1, 5):
+        bar.step("3", i, 4)
+    bar.close()
+    text = term.getvalue()
+    assert text.startswith("[1/1] #3 KSampler\n") and "\r  [" + "#" * 15 + "-" * 15 + "] 2/4" in text
+    assert text.endswith("] 4/4\n")
+    log = io.StringIO()
+    bar = Progress(api, stream=log)
+    bar.executing("3")
+    for i in range(1, 21):
+        bar.step("3", i, 20)
+    assert log.getvalue().splitlines()[1:] == [f"  #3 KSampler: {i}/20" for i in (1, 5, 10, 15, 20)]
