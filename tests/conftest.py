@@ -75,3 +75,10 @@ def import_comfy():
 def comfy_pack():
     """The pack imported in-process inside a real ComfyUI (CPU). Skips without ComfyUI."""
     return import_comfy()
+
+
+def pytest_collection_modifyitems(items):
+    # Anything that runs inside or against a real ComfyUI counts as an integration test, marked or not.
+    for item in items:
+        if {"comfy_pack", "comfy_server"} & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.integration)
