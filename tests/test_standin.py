@@ -260,3 +260,44 @@ def test_lora_is_offloaded_once_the_reference_kv_exist(base, parts):
     for cb in patched.get_all_callbacks(__import__("comfy.patcher_extension").patcher_extension.CallbacksMP.ON_PRE_RUN):
         cb(patched)  # a new run: rebuilt with the LoRA loaded again
     assert rel_err(call(patched, x, t, ctx), expected) < 1e-5
+
+
+def test_coexists_with_phantom_time_dim_concat(base, parts):
+    """Phantom appends reference frames along time (t >= T); Stand-In's reference sits at t = -1 beside them."""
+    import comfy.model_management
+    import comfy.patcher_extension
+    standin_patch, parse = parts
+    x, t, ctx, ref = inputs(seed=15)
+    extra = torch.randn(1, 16, 1, x.shape[-2], x.shape[-1], generator=torch.Generator().manual_seed(16))
+    lora = standin_state_dict()
+    patched = standin_patch.apply_standin(base, parse(lora), ref, 1.0)
+    comfy.model_management.load_models_gpu([patched] + patched.get_nested_additional_models())
+    options = copy.copy(patched.model_options["transformer_options"])
+    options["wrappers"] = comfy.patcher_extension.merge_nested_dicts({}, patched.wrappers, copy_dict1=False)
+    with torch.no_grad():
+        got = patched.model.diffusion_model(x, t, ctx, time_dim_concat=extra, transformer_options=options).float()
+    full = standin_reference.forward(tiny_wan.tiny_wan_state_dict(layers=LAYERS, seed=3), torch.cat([x, extra], 2),
+                                     t, ctx, LAYERS, ref=ref, lora=lora)
+    assert rel_err(got, full[:, :, :x.shape[2]]) < 1e-5
+
+
+def test_reference_image_and_latent_reach_the_dit_normalised(pack, base):
+    from wanid_pack.nodes.standin import reference_latent_of
+    raw = torch.randn(1, 16, 1, 8, 8, generator=torch.Generator().manual_seed(17)) * 2 + 0.5
+
+    class FakeVAE:
+        def encode(self, pixels):
+            assert pixels.shape == (1, 64, 64, 3)
+            return raw
+
+    expected = base.model.latent_format.process_in(raw)
+    via_image = reference_latent_of(base, reference_image=torch.rand(1, 64, 64, 3), vae=FakeVAE())
+    via_latent = reference_latent_of(base, reference_latent={"samples": raw[:, :, 0]})  # a 4-D image latent too
+    assert torch.equal(via_image, expected) and torch.equal(via_latent, expected)
+    assert not torch.allclose(expected, raw)  # Wan's latent normalisation is not the identity
+    with pytest.raises(ValueError, match="reference_image: got 2 images"):
+        reference_latent_of(base, reference_image=torch.rand(2, 64, 64, 3), vae=FakeVAE())
+    with pytest.raises(ValueError, match="vae: connect the Wan VAE"):
+        reference_latent_of(base, reference_image=torch.rand(1, 64, 64, 3))
+    with pytest.raises(ValueError, match="reference_image: connect the face crop"):
+        reference_latent_of(base)
