@@ -262,13 +262,54 @@ def dump(data):
     return json.dumps(data, indent=2, ensure_ascii=False) + "\n"
 
 
+# Layout, in canvas units, as ComfyUI's editor draws a node: a 30 px title bar above `pos`, and for the pack's
+# own nodes a source badge ("WanIdentity", 2 + 20 px) above the title. Nodes in a column keep ~30 px between
+# one's body and the next one's badge or title; columns keep room for the links between them.
+TITLE_HEIGHT = 30
+BADGE_HEIGHT = 24
+ROW_GAP = 30
+COLUMN_GAP = 60
+OUTPUT_CHAIN = {"VAEDecode", "CreateVideo", "SaveVideo"}
+
+
+def _above(node):
+    """Height a node takes above its `pos`: the title bar, and the badge when it has one."""
+    return TITLE_HEIGHT + (BADGE_HEIGHT if node["type"].startswith("WanID") else 0)
+
+
+def tidy(ui):
+    """Re-space the columns api_to_ui made (one per x) so that no node, badge included, overlaps another:
+    each column starts right of the widest node of the one before, each node ROW_GAP below the one above.
+    Positions only: ids, sizes, links and values stay as generated."""
+    by_x = {}
+    for node in ui["nodes"]:
+        by_x.setdefault(node["pos"][0], []).append(node)
+    columns = []
+    for left in sorted(by_x):
+        nodes = sorted(by_x[left], key=lambda n: n["pos"][1])
+        if columns and all(n["type"] in OUTPUT_CHAIN for n in nodes):
+            columns[-1][1].extend(nodes)  # decode -> video -> save go under the sampler: a narrower graph
+        else:
+            columns.append((left, nodes))
+    x = None
+    for left, nodes in columns:
+        x = left if x is None else x
+        bottom = 6 - ROW_GAP  # the first row's titles line up, badges above them stay on the canvas
+        for node in nodes:
+            top = bottom + ROW_GAP + (TITLE_HEIGHT + BADGE_HEIGHT if node is nodes[0] else _above(node))
+            node["pos"] = [x, top]
+            bottom = top + node["size"][1]
+        x += max(n["size"][0] for n in nodes) + COLUMN_GAP
+    return ui
+
+
 def write_all(object_info, folder=FOLDER):
     folder = Path(folder)
     (folder / "api").mkdir(parents=True, exist_ok=True)
     written = []
     for name, (build, notes) in WORKFLOWS.items():
         api = wf.complete_api(build(), object_info)
-        ui = wf.api_to_ui(api, object_info, notes=notes)
+        ui = tidy(wf.api_to_ui(api, object_info, notes=notes))
         for path, data in ((folder / "api" / f"{name}.json", api), (folder / f"{name}.json", ui)):
             path.write_text(dump(data), encoding="utf-8")
             written.append(path)
