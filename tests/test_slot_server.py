@@ -40,17 +40,12 @@ def server(comfy_server, tmp_path_factory):
     other tests is unaffected), a Slot-ID checkpoint and the clip."""
     import shutil
 
-    from test_face_support import TinyArcFace, write_scrfd
+    from test_face_support import write_pack
     from wanid.slot.checkpoint import fresh_checkpoint, save_checkpoint
     from wanid.slot.encoder import SlotIDConfig
 
     pack = comfy_server.models_dir / "insightface" / "models" / "antelopev2"
-    pack.mkdir(parents=True, exist_ok=True)
-    write_scrfd(pack / "scrfd_10g_bnkps.onnx")
-    # ArcFace's signature, random weights ([N, 3, 112, 112] -> [N, 512])
-    torch.onnx.export(TinyArcFace().eval(), torch.zeros(1, 3, 112, 112), str(pack / "glintr100.onnx"),
-                      input_names=["input.1"], output_names=["embedding"],
-                      dynamic_axes={"input.1": {0: "n"}, "embedding": {0: "n"}}, dynamo=False, opset_version=17)
+    write_pack(pack)  # SCRFD + ArcFace signatures, random weights
     cfg = SlotIDConfig(dim=64, num_slots=4, anchor_tokens=2, pool=0, lora_rank=4, time_features=32)
     ckpt = fresh_checkpoint(128, 2, cfg, backbone="wanid-tiny", seed=0)
     g = torch.Generator().manual_seed(1)

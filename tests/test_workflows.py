@@ -257,17 +257,13 @@ def slot_server(server, tmp_path_factory):
     unaffected), a random Slot-ID checkpoint without VAE tokens, and the bright-block clip."""
     import torch
 
-    from test_face_support import TinyArcFace, write_scrfd
+    from test_face_support import write_pack
     from test_slot_server import write_blocks_video
     from wanid.slot.checkpoint import fresh_checkpoint, save_checkpoint
     from wanid.slot.encoder import SlotIDConfig
 
     pack = server.models_dir / "insightface" / "models" / "antelopev2"
-    pack.mkdir(parents=True, exist_ok=True)
-    write_scrfd(pack / "scrfd_10g_bnkps.onnx")
-    torch.onnx.export(TinyArcFace().eval(), torch.zeros(1, 3, 112, 112), str(pack / "glintr100.onnx"),
-                      input_names=["input.1"], output_names=["embedding"],
-                      dynamic_axes={"input.1": {0: "n"}, "embedding": {0: "n"}}, dynamo=False, opset_version=17)
+    write_pack(pack)  # SCRFD + ArcFace signatures, random weights
     cfg = SlotIDConfig(dim=64, num_slots=4, anchor_tokens=2, pool=0, lora_rank=4, time_features=32)
     save_checkpoint(fresh_checkpoint(128, 2, cfg, backbone="wanid-tiny", seed=0),
                     server.models_dir / "slot_id" / SLOT_CKPT)
