@@ -16,6 +16,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..tensor_file import load_tensor_file
+
 PARSE_SIZE = 512
 NUM_CLASSES = 19
 LABELS = ("background", "skin", "l_brow", "r_brow", "l_eye", "r_eye", "eye_g", "l_ear", "r_ear", "ear_r",
@@ -185,10 +187,7 @@ def _read_state_dict(path):
     if not os.path.isfile(path):
         raise FaceParsingError(f"face parser file not found: {path}; {EXPECTED_FILE}")
     try:
-        if path.lower().endswith(".safetensors"):
-            from safetensors.torch import load_file
-            return load_file(path, device="cpu")
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return load_tensor_file(path)
     except Exception as e:  # truncated / not a checkpoint / pickled code refused by weights_only
         raise FaceParsingError(f"could not read the face parser file '{name}' ({type(e).__name__}: {e}); "
                                f"the file may be truncated or not a BiSeNet checkpoint: {EXPECTED_FILE}") from e

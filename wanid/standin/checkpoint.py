@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ..tensor_file import load_tensor_file
+
 KEY_RE = re.compile(r"^blocks\.(\d+)\.self_attn\.([qkv])_loras\.(down|up)\.weight$")
 PREFIXES = ("model.diffusion_model.", "diffusion_model.", "module.", "model.")
 
@@ -52,10 +54,7 @@ def read_tensors(path):
     if not os.path.isfile(path):
         raise StandInCheckpointError(f"Stand-In file not found: {path}. Put the official .ckpt in models/stand_in.")
     try:
-        if path.lower().endswith(".safetensors"):
-            from safetensors.torch import load_file
-            return load_file(path, device="cpu")
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return load_tensor_file(path)
     except Exception as e:  # truncated zip, wrong format, or a pickle that wants to run code
         kind = "refused: it holds pickled code, not only tensors" if "weights_only" in str(e) else "unreadable"
         raise StandInCheckpointError(

@@ -27,9 +27,17 @@ from torch.utils.checkpoint import checkpoint
 from ..slot.checkpoint import SlotIDCheckpoint, load_checkpoint, save_checkpoint
 from ..slot.encoder import SlotEncoder
 from ..slot.tokenizer import normalize_times
+from ..tensor_file import load_tensor_file
 from .dataset import pad_context, pad_reference
-from .losses import TIMESTEP_SCALE, face_weight, noisy_latent, sample_sigmas, validation_sigmas, weighted_mse
 from .lora import CrossAttnLoRA
+from .losses import (
+    TIMESTEP_SCALE,
+    face_weight,
+    noisy_latent,
+    sample_sigmas,
+    validation_sigmas,
+    weighted_mse,
+)
 
 log = logging.getLogger("wanid.train")
 STATE_FORMAT = "wanid-slot-train-state"
@@ -272,7 +280,7 @@ class Trainer:
         if os.path.isdir(state_path):
             with open(os.path.join(state_path, "latest.json")) as f:
                 state_path = os.path.join(state_path, json.load(f)["state"])
-        state = torch.load(state_path, map_location="cpu", weights_only=True)  # never unpickle code
+        state = load_tensor_file(state_path)  # never unpickles code
         if state.get("format") != STATE_FORMAT:
             raise ValueError(f"{state_path} is not a Slot-ID training state")
         saved = json.loads(state["config"])

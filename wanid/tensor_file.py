@@ -1,0 +1,14 @@
+"""Reading tensor files without executing pickled code."""
+import os
+
+import torch
+
+
+def load_tensor_file(path):
+    """The contents of a .safetensors file, or of a torch file read with weights_only=True: only tensors and
+    plain containers come out; a pickle that wants to build other objects raises instead of running."""
+    path = os.fspath(path)
+    if path.lower().endswith(".safetensors"):
+        from safetensors.torch import load_file
+        return load_file(path, device="cpu")
+    return torch.load(path, map_location="cpu", weights_only=True)
