@@ -1,4 +1,4 @@
-"""The shipped workflows (example_workflows/): where ComfyUI finds them, that the UI and API twins agree, that every
+"""The shipped workflows (workflows/): where ComfyUI finds them, that the UI and API twins agree, that every
 API workflow fits a real server's /object_info, and that a tiny-model variant of each runs end to end.
 
 Tiny variants (tiny_variant below) keep each graph and swap what cannot run here: the tiny Wan for the 14B models,
@@ -22,7 +22,7 @@ from comfy_server import TINY_WAN, comfy_server  # noqa: F401  (comfy_server is 
 from wanid.cli import templates
 from wanid.cli import workflow as wf
 
-FOLDER = conftest.REPO / "example_workflows"
+FOLDER = conftest.REPO / "workflows"
 NAMES = sorted(templates.WORKFLOWS)
 GENERATION = [n for n in NAMES if n != "face_crop_parse"]
 SLOT = {"slotid_wan21_t2v_from_clip", "slotid_standin_wan21_t2v"}
@@ -46,7 +46,8 @@ def load(name, api=True):
 # ---- files (no server)
 
 def test_one_folder_with_a_ui_and_an_api_file_per_workflow():
-    assert not (conftest.REPO / "workflows").exists(), "keep ONE workflow folder: example_workflows/"
+    others = ("example_workflows", "example", "examples", "workflow")  # the other names ComfyUI scans
+    assert not any((conftest.REPO / o).exists() for o in others), "keep ONE workflow folder: workflows/"
     ui = sorted(p.stem for p in FOLDER.glob("*.json"))
     api = sorted(p.stem for p in (FOLDER / "api").glob("*.json"))
     assert ui == api == NAMES

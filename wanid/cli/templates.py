@@ -1,11 +1,11 @@
 """The pack's example workflows, defined here once and written as JSON files.
 
-    python -m wanid workflows --server http://127.0.0.1:8188      (rewrite example_workflows/ from these graphs)
+    python -m wanid workflows --server http://127.0.0.1:8188      (rewrite workflows/ from these graphs)
     python -m wanid workflows --object-info object_info.json     (same, from a saved GET /object_info)
 
-example_workflows/<name>.json      UI workflows: ComfyUI's template browser lists these (Workflow > Browse
+workflows/<name>.json      UI workflows: ComfyUI's template browser lists these (Workflow > Browse
                                    Templates > ComfyUI-WanIdentity); the editor opens them.
-example_workflows/api/<name>.json  their API-format twins, for POST /prompt and `python -m wanid queue`.
+workflows/api/<name>.json  their API-format twins, for POST /prompt and `python -m wanid queue`.
 The API graphs below are the source; the UI twins are generated from them with the server's node schemas
 (workflow.api_to_ui), so the two cannot drift. Node ids are the same in both: `--set 11.steps=30` names the
 node the editor shows as #11.
@@ -19,7 +19,7 @@ from pathlib import Path
 from . import workflow as wf
 
 REPO = Path(__file__).resolve().parents[2]
-FOLDER = REPO / "example_workflows"
+FOLDER = REPO / "workflows"
 API_FOLDER = FOLDER / "api"
 
 # Model files, as the README documents them (folder under ComfyUI/models, file name).
@@ -217,7 +217,7 @@ def _note(summary, *groups, extra=""):
     for key in groups:
         lines += [f"- `{folder}/` {name}" for folder, name in _MODELS[key]]
     lines += ["", "**Use**: upload your reference clip in *Reference clip* (one person, face visible), write the "
-              "prompt, queue. Headless: `python -m wanid queue example_workflows/api/<this file> --server URL "
+              "prompt, queue. Headless: `python -m wanid queue workflows/api/<this file> --server URL "
               "--reference clip.mp4 --prompt \"...\"`."]
     if extra:
         lines += ["", extra]
