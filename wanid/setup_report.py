@@ -8,7 +8,6 @@ setup problems it is there to find. Model files are read header-only (shapes, me
 import importlib
 import importlib.metadata
 import importlib.util
-import io
 import os
 from dataclasses import dataclass, field
 
@@ -175,27 +174,51 @@ def _torch_gpu():
 
 
 def tiny_onnx_model():
-    """A one-op ONNX model (y = x @ W) as bytes: with the onnx package when it is installed, else exported from
-    a one-layer torch module."""
+    """A one-op ONNX model, y = x @ I (x: float [1, 4]), as bytes: built with the onnx package when it is
+    installed, else encoded by hand. (torch.onnx.export is no way around a missing onnx: torch 2.9+ needs the
+    onnx package to export.)"""
     try:
-        import onnx
         from onnx import TensorProto, helper, numpy_helper
     except ImportError:
-        onnx = None
-    if onnx is not None:
-        import numpy as np
-        w = numpy_helper.from_array(np.eye(4, dtype=np.float32), "w")
-        graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "wanid_setup_check",
-                                  [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
-                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])], [w])
-        # IR 8 / opset 13: readable by every onnxruntime this pack accepts (1.17+)
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
-        return model.SerializeToString()
-    import torch
-    buf = io.BytesIO()
-    torch.onnx.export(torch.nn.Linear(4, 4, bias=False).eval(), torch.zeros(1, 4), buf, input_names=["x"],
-                      output_names=["y"], opset_version=13, dynamo=False)
-    return buf.getvalue()
+        return _tiny_onnx_model_by_hand()
+    import numpy as np
+    w = numpy_helper.from_array(np.eye(4, dtype=np.float32), "w")
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "wanid_setup_check",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])], [w])
+    # IR 8 / opset 13: readable by every onnxruntime this pack accepts (1.17+)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8).SerializeToString()
+
+
+def _tiny_onnx_model_by_hand():
+    """The same model written directly in protobuf's wire format (field numbers from onnx.proto)."""
+    import struct
+
+    def varint(n):
+        out = bytearray()
+        while True:
+            out.append((n & 0x7F) | (0x80 if n > 0x7F else 0))
+            n >>= 7
+            if not n:
+                return bytes(out)
+
+    def num(field, n):
+        return varint(field << 3) + varint(n)
+
+    def msg(field, payload):  # length-delimited: strings, bytes, sub-messages
+        payload = payload.encode() if isinstance(payload, str) else payload
+        return varint(field << 3 | 2) + varint(len(payload)) + payload
+
+    def value_info(name):  # ValueInfoProto{name, type: TypeProto{tensor_type{elem_type FLOAT, shape [1, 4]}}}
+        shape = msg(1, num(1, 1)) + msg(1, num(1, 4))
+        return msg(1, name) + msg(2, msg(1, num(1, 1) + msg(2, shape)))
+
+    eye = struct.pack("<16f", *[float(i == j) for i in range(4) for j in range(4)])
+    weight = num(1, 4) + num(1, 4) + num(2, 1) + msg(8, "w") + msg(9, eye)  # TensorProto dims, FLOAT, name, raw_data
+    node = msg(1, "x") + msg(1, "w") + msg(2, "y") + msg(4, "MatMul")                      # NodeProto
+    graph = msg(1, node) + msg(2, "wanid_setup_check") + msg(5, weight) + \
+        msg(11, value_info("x")) + msg(12, value_info("y"))                                 # GraphProto
+    return num(1, 8) + msg(7, graph) + msg(8, msg(1, "") + num(2, 13))                      # ModelProto
 
 
 def provider_test_checks():
@@ -375,9 +398,11 @@ def slot_id_checks(host):
         blocks = meta.get("num_blocks", "?")
         backbone = meta.get("backbone") or "unnamed"
         fit = wan_of(dim, int(blocks) if str(blocks).isdigit() else None)
-        out.append(Check(OK, f"Slot-ID {name} ({_size(path)}): format {FORMAT} v{VERSION}, backbone {backbone}, "
-                             f"dim {dim}, {blocks} blocks, {fit}"))
-        good = True
+        status = OK if fit.startswith("fits") else WARN
+        out.append(Check(status, f"Slot-ID {name} ({_size(path)}): format {FORMAT} v{VERSION}, backbone {backbone}, "
+                                 f"dim {dim}, {blocks} blocks, {fit}",
+                         "" if status == OK else "use a Slot-ID checkpoint trained for your Wan model"))
+        good = good or status == OK
     return out, good
 
 
