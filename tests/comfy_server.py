@@ -179,7 +179,9 @@ class ComfyServer:
     def pack_problems(self, name=PACK_NAME):
         """Log lines saying custom node pack `name` failed to load, plus the pack's own '[WanIdentity]' errors
         (a node family disabled for a missing dependency)."""
-        lines = self.log_text().splitlines()
+        text = self.log_text()
+        # Load problems are printed while the server starts; later tracebacks are prompts that failed on purpose.
+        lines = text.split("Starting server", 1)[0].splitlines()
         bad = ("Cannot import", "IMPORT FAILED", "Error while calling comfy_entrypoint", "Skip ",
                "did not return")
         found = [ln for ln in lines if name in ln and any(b in ln for b in bad)]
