@@ -20,12 +20,18 @@ FrameTimes = io.Custom("FRAME_TIMES")
 DETECTORS = ("auto", "antelopev2", "buffalo_l", "retinaface_mobilenet")
 NO_PARSER = "none (fallback)"
 
-# Loaded models survive re-queues: (kind, path or name, provider/device) -> object.
+# Loaded models survive re-queues: (kind, path or name, provider/device) -> object. Bounded, so switching
+# detectors or providers does not pile up ONNX sessions (and their GPU memory) for the life of the server.
 _cache = {}
+CACHE_SIZE = 6
 
 
 def cached(key, make):
-    if key not in _cache:
+    if key in _cache:
+        _cache[key] = _cache.pop(key)  # most recently used last
+    else:
+        while len(_cache) >= CACHE_SIZE:
+            _cache.pop(next(iter(_cache)))
         _cache[key] = make()
     return _cache[key]
 

@@ -123,7 +123,8 @@ def encode_crops(vae, crops, valid, channels):
     [T, C, h, w]; invalid frames are zeros (they get no routing mass)."""
     latent_format = LATENT_FORMATS.get(channels)
     if latent_format is None:
-        raise ValueError(f"vae: no known Wan latent format has {channels} channels")
+        raise ValueError(f"slot_id: its config has latent_channels={channels}; Wan VAEs give 16 (Wan 2.1) or 48 "
+                         f"(Wan 2.2). Use a checkpoint written for one of them.")
     out = None
     pbar = comfy.utils.ProgressBar(int(valid.sum()))
     for t in range(crops.shape[0]):

@@ -6,7 +6,7 @@ import folder_paths
 from comfy_api.latest import io
 
 from ..wanid.standin.checkpoint import load_standin
-from .standin_patch import apply_standin
+from .standin_patch import apply_standin, check_model
 
 _weights_cache = {}  # (path, mtime, size) -> StandInWeights; two entries hold the Wan 2.2 high/low pair
 
@@ -80,6 +80,7 @@ class RestrictedAttnPatch(io.ComfyNode):
     @classmethod
     def execute(cls, model, standin_name, strength, reference_image=None, vae=None, reference_latent=None):
         weights = load_weights_cached(standin_name)
+        check_model(model, weights)  # before the VAE runs: a wrong model or file fails at once
         latent = reference_latent_of(model, reference_image, vae, reference_latent)
         return io.NodeOutput(apply_standin(model, weights, latent, strength))
 

@@ -106,9 +106,6 @@ class StandInPatch:
         self.run = run = _Run()
         run.key, run.model = key, model
         ref = self.reference.to(x.device)
-        if ref.shape[1] != model.patch_embedding.in_channels:
-            raise ValueError(f"reference: Stand-In needs a Wan text-to-video model ({ref.shape[1]} latent channels); "
-                             f"this model takes {model.patch_embedding.in_channels} input channels.")
         tokens = model.patch_embedding(ref.float()).to(x.dtype)
         ref_h, ref_w = tokens.shape[-2:]
         run.x = tokens.flatten(2).transpose(1, 2)
@@ -178,6 +175,8 @@ class _SelfAttentionOverride:
     def __call__(self, func, q, k, v, *args, **kwargs):
         if self.pending and q.shape[1] == k.shape[1]:
             self.pending = False
+            if self.strength != 1.0:
+                func = comfy_attention.attention_pytorch  # the padded head (d + 8) is not every kernel's size
             if "heads" not in kwargs:
                 kwargs["heads"], args = args[0], args[1:]
             heads = kwargs.pop("heads")
@@ -189,11 +188,22 @@ class _SelfAttentionOverride:
         return self._call(func, q, k, v, *args, **kwargs)
 
 
-def apply_standin(patcher, weights, reference, strength):
-    """A clone of `patcher` with Stand-In attached. `reference` is a normalised latent [1, C, 1, h, w]."""
+def check_model(patcher, weights):
+    """The WanModel behind `patcher`, once the host, the model and the Stand-In file are known to fit."""
     check_host()
     model = wan_model_of(patcher)
     weights.check_against(len(model.blocks), model.dim, f"this Wan model (dim {model.dim})")
+    return model
+
+
+def apply_standin(patcher, weights, reference, strength):
+    """A clone of `patcher` with Stand-In attached. `reference` is a normalised latent [1, C, 1, h, w]."""
+    model = check_model(patcher, weights)
+    if reference.shape[1] != model.patch_embedding.in_channels:
+        raise ValueError(
+            f"reference_image/reference_latent: a {reference.shape[1]}-channel latent, but this model takes "
+            f"{model.patch_embedding.in_channels} channels. Stand-In needs a Wan 2.1 14B / 2.2 A14B text-to-video "
+            f"model and the Wan 2.1 VAE (16 channels).")
     out = patcher.clone()
     if strength <= 0:
         return out  # strength 0 is the unpatched model, exactly

@@ -73,7 +73,11 @@ def make_session(model, provider="auto"):
     providers = provider_list(provider)
     options = ort.SessionOptions()
     options.log_severity_level = 3  # the fallback is reported by us, not as a wall of ORT warnings
-    session = ort.InferenceSession(model, sess_options=options, providers=providers)
+    options.enable_mem_pattern = False
+    # ORT's CUDA arena only grows by default; the sampler that follows in the same process needs that VRAM.
+    cuda = {"arena_extend_strategy": "kSameAsRequested", "cudnn_conv_algo_search": "HEURISTIC"}
+    requested = [(p, cuda) if p == "CUDAExecutionProvider" else p for p in providers]
+    session = ort.InferenceSession(model, sess_options=options, providers=requested)
     used = session.get_providers()[0]
     if provider != "auto" and used != providers[0]:
         log.warning("[WanIdentity] asked for %s, but onnxruntime runs on %s (accelerator libraries missing?)",

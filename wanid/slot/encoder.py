@@ -172,8 +172,8 @@ class SlotEncoder(nn.Module):
 def clip_inputs(face_clip, latents: Optional[torch.Tensor] = None):
     """A FaceClip (wanid.face_clip) -> the keyword arguments of SlotEncoder.encode_clip."""
     if face_clip.embeddings is None:
-        raise ValueError("SlotEncoder needs ArcFace embeddings: put antelopev2 in models/insightface/models/antelopev2 "
-                         "and run FaceCrop/Parse again")
+        raise ValueError("face_clip: it has no ArcFace embeddings, which SlotEncoder needs. Put antelopev2 (or "
+                         "buffalo_l) in models/insightface/models/antelopev2 and run Face Crop / Parse again.")
     return dict(embeddings=face_clip.embeddings.float(), landmarks=face_clip.normalized_landmarks.float(),
                 times=face_clip.times.float(), valid=face_clip.valid.bool(), anchor_index=int(face_clip.anchor_index),
                 latents=latents)
