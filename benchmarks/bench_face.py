@@ -9,7 +9,6 @@ cores, < 0.5 s on a GPU.
 """
 import argparse
 import os
-import platform
 import sys
 import time
 
@@ -18,6 +17,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+from common import machine  # noqa: E402
 from wanid.face import parsing  # noqa: E402
 from wanid.face.align import norm_crop  # noqa: E402
 from wanid.face.anchor import anchor_scores  # noqa: E402
@@ -32,16 +32,6 @@ def carphone(n):
         frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
     idx = np.linspace(0, len(frames) - 1, n).round().astype(int)
     return np.stack([frames[i] for i in idx])
-
-
-def machine():
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{cpu}, {os.cpu_count()} cores visible, torch {torch.__version__}"
 
 
 def main():

@@ -20,18 +20,24 @@ WAN_SIZES = {  # name: (dim, ffn, layers)
 def machine():
     if torch.cuda.is_available():
         return f"{torch.cuda.get_device_name(0)}, torch {torch.__version__}"
-    return f"{platform.processor() or platform.machine()} CPU, {os.cpu_count()} cores, torch {torch.__version__}"
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{cpu}, {os.cpu_count()} cores visible, torch {torch.__version__}"
 
 
 def build_wan(size, device, dtype):
     """A native ComfyUI Wan 2.1 T2V ModelPatcher of that size with random weights (speed does not depend on them).
     Imports ComfyUI (COMFYUI_PATH or ~/ComfyUI) on the way."""
     import conftest
-    conftest.import_comfy()
-    if device == "cuda":
-        import comfy.cli_args
-        comfy.cli_args.args.cpu = False
+    conftest.import_comfy(cpu=device != "cuda")
+    import comfy.model_management
     import comfy.sd
+    if comfy.model_management.get_torch_device().type != device:
+        raise RuntimeError(f"ComfyUI runs on {comfy.model_management.get_torch_device()}, not {device}")
     from tiny_wan import tiny_wan_shapes
     dim, ffn, layers = WAN_SIZES[size]
     g = torch.Generator(device=device).manual_seed(0)

@@ -53,14 +53,16 @@ def pytest_terminal_summary(terminalreporter):
         f"{_integration['skipped']} skipped (ComfyUI: {where})")
 
 
-def import_comfy():
-    """Import ComfyUI in-process on the CPU and the pack as `wanid_pack`; skip the test without ComfyUI."""
+def import_comfy(cpu=True):
+    """Import ComfyUI in-process (on the CPU unless cpu=False: benchmarks on a GPU) and the pack as `wanid_pack`;
+    skip the test without ComfyUI."""
     if COMFYUI is None:
         pytest.skip(NO_COMFY_REASON)
     if str(COMFYUI) not in sys.path:
         sys.path.insert(0, str(COMFYUI))
     import comfy.cli_args
-    comfy.cli_args.args.cpu = True  # before any other comfy import
+    if "comfy.model_management" not in sys.modules:
+        comfy.cli_args.args.cpu = cpu  # read once, when model_management is first imported
     import comfy.model_management  # noqa: F401
     if PACK_MODULE not in sys.modules:
         spec = importlib.util.spec_from_file_location(
