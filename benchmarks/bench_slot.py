@@ -15,6 +15,7 @@ import time
 import torch
 
 from common import WAN_SIZES as SIZES, build_wan, machine  # noqa: E402
+from tiny_wan import sampler_options  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -77,14 +78,10 @@ def bench_encoder(device, dtype, frames, repeats):
 
 
 def bench_step(size, device, dtype, frames, height, width, repeats, extra_tokens):
-    import copy
-
     patcher = build_wan(size, device, dtype)  # imports ComfyUI first
     import comfy.model_management
-    import comfy.patcher_extension
     comfy.model_management.load_models_gpu([patcher])
-    options = copy.copy(patcher.model_options["transformer_options"])
-    options["wrappers"] = comfy.patcher_extension.merge_nested_dicts({}, patcher.wrappers, copy_dict1=False)
+    options = sampler_options(patcher)
     dm = patcher.model.diffusion_model
     lt = (frames - 1) // 4 + 1
     x = torch.randn(2, 16, lt, height // 8, width // 8, device=device, dtype=dtype)

@@ -13,6 +13,7 @@ import time
 import torch
 
 from common import WAN_SIZES as SIZES, build_wan, machine  # noqa: E402
+from tiny_wan import sampler_options  # noqa: E402
 
 
 def standin_weights(dim, layers, rank=128):
@@ -26,12 +27,10 @@ def standin_weights(dim, layers, rank=128):
 
 def prepared_call(patcher):
     """A function making one diffusion-model call the way a sampler does (models loaded, hooks in options)."""
-    import copy
     import comfy.model_management
     import comfy.patcher_extension
     comfy.model_management.load_models_gpu([patcher] + patcher.get_nested_additional_models())
-    options = copy.copy(patcher.model_options["transformer_options"])
-    options["wrappers"] = comfy.patcher_extension.merge_nested_dicts({}, patcher.wrappers, copy_dict1=False)
+    options = sampler_options(patcher)
     for cb in patcher.get_all_callbacks(comfy.patcher_extension.CallbacksMP.ON_PRE_RUN):
         cb(patcher)  # a new run: the first call builds the reference K/V
 

@@ -1,6 +1,5 @@
 """Slot-ID nodes in-process inside a real ComfyUI (CPU) with the tiny random Wan: LoRA through ComfyUI's machinery,
 SlotEncoder, IdentityTokenInject, and what the sampler does with the tokens."""
-import copy
 
 import pytest
 import torch
@@ -60,13 +59,7 @@ def run(cls, **kw):
 
 
 def call(patcher, x, t, ctx):
-    import comfy.model_management
-    import comfy.patcher_extension
-    with torch.no_grad():  # ComfyUI runs nodes without autograd; patching fp8 weights needs it off
-        comfy.model_management.load_models_gpu([patcher])
-        options = copy.copy(patcher.model_options["transformer_options"])
-        options["wrappers"] = comfy.patcher_extension.merge_nested_dicts({}, patcher.wrappers, copy_dict1=False)
-        return patcher.model.diffusion_model(x, t, ctx, transformer_options=options).float()
+    return tiny_wan.diffusion_call(patcher, x, t, ctx)
 
 
 def inputs(seed=0, tokens=9):

@@ -1,5 +1,4 @@
 """RestrictedAttnPatch on a real (tiny, random) native Wan model, in-process, against the float64 reference."""
-import copy
 import math
 
 import pytest
@@ -47,14 +46,7 @@ def inputs(seed=0, batch=1, frames=3, h=6, w=10, ctx_tokens=7):
 
 
 def call(patcher, x, t, ctx):
-    """One diffusion-model call the way a sampler makes it: models loaded, wrappers and patches in options."""
-    import comfy.model_management
-    import comfy.patcher_extension
-    comfy.model_management.load_models_gpu([patcher] + patcher.get_nested_additional_models())
-    options = copy.copy(patcher.model_options["transformer_options"])
-    options["wrappers"] = comfy.patcher_extension.merge_nested_dicts({}, patcher.wrappers, copy_dict1=False)
-    with torch.no_grad():
-        return patcher.model.diffusion_model(x, t, ctx, transformer_options=options).float()
+    return tiny_wan.diffusion_call(patcher, x, t, ctx)
 
 
 def rel_err(a, b):
@@ -174,11 +166,7 @@ def test_lowvram_partial_load_gives_the_same_output(parts):
     comfy.model_management.unload_all_models()
     patched.load(torch.device("cpu"), lowvram_model_memory=1, full_load=False)  # casts weights per call
     assert patched.model.model_lowvram
-    options = copy.copy(patched.model_options["transformer_options"])
-    import comfy.patcher_extension
-    options["wrappers"] = comfy.patcher_extension.merge_nested_dicts({}, patched.wrappers, copy_dict1=False)
-    with torch.no_grad():
-        got = patched.model.diffusion_model(x, t, ctx, transformer_options=options).float()
+    got = tiny_wan.diffusion_call(patched, x, t, ctx, load=False)
     assert rel_err(got, expected) < 1e-6
     patched.unpatch_model()
 
@@ -264,18 +252,12 @@ def test_lora_is_offloaded_once_the_reference_kv_exist(base, parts):
 
 def test_coexists_with_phantom_time_dim_concat(base, parts):
     """Phantom appends reference frames along time (t >= T); Stand-In's reference sits at t = -1 beside them."""
-    import comfy.model_management
-    import comfy.patcher_extension
     standin_patch, parse = parts
     x, t, ctx, ref = inputs(seed=15)
     extra = torch.randn(1, 16, 1, x.shape[-2], x.shape[-1], generator=torch.Generator().manual_seed(16))
     lora = standin_state_dict()
     patched = standin_patch.apply_standin(base, parse(lora), ref, 1.0)
-    comfy.model_management.load_models_gpu([patched] + patched.get_nested_additional_models())
-    options = copy.copy(patched.model_options["transformer_options"])
-    options["wrappers"] = comfy.patcher_extension.merge_nested_dicts({}, patched.wrappers, copy_dict1=False)
-    with torch.no_grad():
-        got = patched.model.diffusion_model(x, t, ctx, time_dim_concat=extra, transformer_options=options).float()
+    got = tiny_wan.diffusion_call(patched, x, t, ctx, time_dim_concat=extra)
     full = standin_reference.forward(tiny_wan.tiny_wan_state_dict(layers=LAYERS, seed=3), torch.cat([x, extra], 2),
                                      t, ctx, LAYERS, ref=ref, lora=lora)
     assert rel_err(got, full[:, :, :x.shape[2]]) < 1e-5

@@ -124,3 +124,26 @@ def load_tiny_wan_patcher(weight_dtype=None, **kw):
     if kind != "WAN21_T2V":
         raise RuntimeError(f"tiny Wan detected as {kind}, expected WAN21_T2V")
     return patcher
+
+
+def sampler_options(patcher):
+    """transformer_options as a sampler builds them for one model call: the patcher's patches plus its wrappers."""
+    import copy
+
+    import comfy.patcher_extension
+
+    options = copy.copy(patcher.model_options["transformer_options"])
+    options["wrappers"] = comfy.patcher_extension.merge_nested_dicts({}, patcher.wrappers, copy_dict1=False)
+    return options
+
+
+def diffusion_call(patcher, x, t, ctx, load=True, **kwargs):
+    """One diffusion-model call the way a sampler makes it: the patcher and its additional models loaded
+    (load=False keeps however the caller loaded them, e.g. lowvram), hooks in the options, no autograd."""
+    import comfy.model_management
+
+    with torch.no_grad():  # ComfyUI runs nodes without autograd; patching fp8 weights needs it off
+        if load:
+            comfy.model_management.load_models_gpu([patcher] + patcher.get_nested_additional_models())
+        return patcher.model.diffusion_model(x, t, ctx, transformer_options=sampler_options(patcher),
+                                             **kwargs).float()
