@@ -51,7 +51,8 @@ def test_dry_run_fills_the_workflow_and_imports_no_comfyui_or_torch(tmp_path, cl
     assert r.returncode == 0, r.stderr
     assert "HEAVY []" in r.stderr
     api, original = json.loads(r.stdout), load("slotid_standin_wan21_t2v")
-    pos, neg = wf.prompt_nodes(original, "positive")[0], wf.prompt_nodes(original, "negative")[0]
+    titled = {node["_meta"]["title"]: nid for nid, node in original.items() if "_meta" in node}
+    pos, neg = titled["Positive Prompt"], titled["Negative Prompt"]  # not the CLI's own rule: the workflow's titles
     assert api[pos]["inputs"]["text"] == "quoted"  # --set comes after --prompt
     assert api[neg]["inputs"]["text"] == "blurry"
     clip_node = wf.nodes_of(api, "WanIDReferenceClipLoader")[0]
