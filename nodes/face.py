@@ -14,9 +14,8 @@ from ..wanid.face.embed import ArcFaceEmbedder
 from ..wanid.face.pipeline import (FACE_CHOICES, NO_FACE_POLICIES, contact_sheet, process_clip,
                                    reference_embedding)
 from . import paths
+from .types import FaceClipType, FrameTimes
 
-FaceClipType = io.Custom("FACE_CLIP")
-FrameTimes = io.Custom("FRAME_TIMES")
 DETECTORS = ("auto", "antelopev2", "buffalo_l", "retinaface_mobilenet")
 NO_PARSER = "none (fallback)"
 

@@ -12,8 +12,7 @@ from ..wanid.score import (REFERENCE_MODES, arcface_faces, mean_score, per_frame
                            reference_from_clip, reference_from_images, render_plot, score_frames, summary_text)
 from . import paths
 from .face import DETECTORS, detector_and_embedder
-
-FaceClipType = io.Custom("FACE_CLIP")
+from .types import FaceClipType
 
 
 def _embedder(det_kind, provider):

@@ -7,8 +7,7 @@ import folder_paths
 from comfy_api.latest import io
 
 from ..wanid.video import VideoError, sample_frames, sample_from_images
-
-FrameTimes = io.Custom("FRAME_TIMES")  # 1-D float32 tensor, seconds from the source's first frame
+from .types import FrameTimes
 
 
 def _video_files():

@@ -18,10 +18,8 @@ from comfy_api.latest import io, ui
 from ..wanid.slot.checkpoint import SlotIDCheckpoint, load_checkpoint
 from ..wanid.slot.encoder import IdentityTokens, clip_inputs
 from ..wanid.slot.routing_image import routing_image
+from .types import FaceClipType, IdentityTokensType, SlotIDModelType
 
-SlotIDModelType = io.Custom("SLOT_ID_MODEL")
-IdentityTokensType = io.Custom("IDENTITY_TOKENS")
-FaceClipType = io.Custom("FACE_CLIP")
 
 # Normalised VAE latents (what the DiT sees, and what training caches): by latent channel count.
 LATENT_FORMATS = {16: comfy.latent_formats.Wan21, 48: comfy.latent_formats.Wan22}
