@@ -19,6 +19,7 @@ from ..wanid.slot.checkpoint import SlotIDCheckpoint, load_checkpoint
 from ..wanid.slot.encoder import IdentityTokens, clip_inputs
 from ..wanid.slot.routing_image import routing_image
 from .types import FaceClipType, IdentityTokensType, SlotIDModelType
+from .wan import wan_model_of
 
 
 # Normalised VAE latents (what the DiT sees, and what training caches): by latent channel count.
@@ -61,16 +62,6 @@ def load_slot_id(name):
     return _cache[key]
 
 
-def wan_size(model):
-    """(dim, blocks, text_dim) of a MODEL holding a native Wan DiT, or a ValueError naming the input."""
-    dm = getattr(getattr(model, "model", None), "diffusion_model", None)
-    blocks = getattr(dm, "blocks", None)
-    if dm is None or blocks is None or not hasattr(dm, "text_embedding") or not hasattr(blocks[0], "cross_attn"):
-        raise ValueError(f"model: Slot-ID needs a Wan 2.x diffusion model (Load Diffusion Model with a "
-                         f"wan2.1/wan2.2 file); got {type(dm).__name__}.")
-    return int(dm.dim), len(blocks), int(getattr(dm, "text_dim", 4096))
-
-
 class SlotIDLoader(io.ComfyNode):
     @classmethod
     def define_schema(cls):
@@ -94,7 +85,8 @@ class SlotIDLoader(io.ComfyNode):
     def execute(cls, model, slot_id_name, lora_strength=1.0) -> io.NodeOutput:
         slot = load_slot_id(slot_id_name)
         ckpt = slot.checkpoint
-        dim, blocks, text_dim = wan_size(model)
+        dm = wan_model_of(model, "Slot-ID")
+        dim, blocks, text_dim = int(dm.dim), len(dm.blocks), int(getattr(dm, "text_dim", 4096))
         ckpt.check_against(dim, blocks, model_name=f"this model ({type(model.model).__name__})")
         if text_dim != ckpt.config.text_dim:
             raise ValueError(f"model: its text embedding reads {text_dim}-d rows, the Slot-ID tokens are "

@@ -23,6 +23,7 @@ from comfy.ldm.modules import attention as comfy_attention
 from ..wanid.standin.lora import StandInLoRA
 from ..wanid.standin.positions import reference_position_ids
 from ..wanid.standin.reference_branch import attend_with_reference, reference_block
+from .wan import wan_model_of
 
 KEY = "wanid_standin"
 MIN_VERSION = "0.3.59"
@@ -45,17 +46,6 @@ def check_host():
             version = "unknown"
         raise RuntimeError(f"RestrictedAttnPatch needs ComfyUI {MIN_VERSION} or newer (missing: {', '.join(missing)}); "
                            f"this ComfyUI is {version}. Update ComfyUI.")
-
-
-def wan_model_of(patcher):
-    """The WanModel behind a MODEL, or a clear error for anything else."""
-    dm = getattr(getattr(patcher, "model", None), "diffusion_model", None)
-    needed = ("blocks", "patch_embedding", "rope_embedder", "time_embedding", "time_projection", "patch_size")
-    if dm is None or not all(hasattr(dm, a) for a in needed) or not hasattr(dm.blocks[0], "self_attn"):
-        name = type(dm).__name__ if dm is not None else type(patcher).__name__
-        raise ValueError(f"model: RestrictedAttnPatch needs a Wan 2.1/2.2 video model (loaded with Load Diffusion Model), "
-                         f"got {name}.")
-    return dm
 
 
 class _Run:
@@ -191,7 +181,7 @@ class _SelfAttentionOverride:
 def check_model(patcher, weights):
     """The WanModel behind `patcher`, once the host, the model and the Stand-In file are known to fit."""
     check_host()
-    model = wan_model_of(patcher)
+    model = wan_model_of(patcher, "RestrictedAttnPatch")
     weights.check_against(len(model.blocks), model.dim, f"this Wan model (dim {model.dim})")
     return model
 
