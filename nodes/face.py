@@ -14,25 +14,15 @@ from ..wanid.face.embed import ArcFaceEmbedder
 from ..wanid.face.pipeline import (FACE_CHOICES, NO_FACE_POLICIES, contact_sheet, process_clip,
                                    reference_embedding)
 from . import paths
+from .cache import LoadedCache
 from .types import FaceClipType, FrameTimes
 
 DETECTORS = ("auto", "antelopev2", "buffalo_l", "retinaface_mobilenet")
 NO_PARSER = "none (fallback)"
 
-# Loaded models survive re-queues: (kind, path or name, provider/device) -> object. Bounded, so switching
-# detectors or providers does not pile up ONNX sessions (and their GPU memory) for the life of the server.
-_cache = {}
-CACHE_SIZE = 6
-
-
-def cached(key, make):
-    if key in _cache:
-        _cache[key] = _cache.pop(key)  # most recently used last
-    else:
-        while len(_cache) >= CACHE_SIZE:
-            _cache.pop(next(iter(_cache)))
-        _cache[key] = make()
-    return _cache[key]
+# (kind, path or name, provider/device) -> detector, ArcFace session or parser
+_cache = LoadedCache(6)
+cached = _cache.get
 
 
 def _parser_files():

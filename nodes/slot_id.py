@@ -18,6 +18,7 @@ from comfy_api.latest import io, ui
 from ..wanid.slot.checkpoint import SlotIDCheckpoint, load_checkpoint
 from ..wanid.slot.encoder import IdentityTokens, clip_inputs
 from ..wanid.slot.routing_image import routing_image
+from .cache import LoadedCache, file_key
 from .types import FaceClipType, IdentityTokensType, SlotIDModelType
 from .wan import wan_model_of
 
@@ -25,7 +26,7 @@ from .wan import wan_model_of
 # Normalised VAE latents (what the DiT sees, and what training caches): by latent channel count.
 LATENT_FORMATS = {16: comfy.latent_formats.Wan21, 48: comfy.latent_formats.Wan22}
 
-_cache = {}  # (path, mtime, size) -> SlotIDModel
+_loaded = LoadedCache(1)  # one SlotIDModel
 
 
 @dataclass
@@ -50,16 +51,13 @@ def load_slot_id(name):
             f"slot_id_name: {name!r} is not in models/slot_id. Put a Slot-ID .safetensors in "
             f"{os.path.join(folder_paths.models_dir, 'slot_id')} (python -m wanid.slot.init_checkpoint writes an "
             f"untrained one) and refresh.")
-    stat = os.stat(path)
-    key = (path, stat.st_mtime_ns, stat.st_size)
-    if key not in _cache:
-        _cache.clear()
+    def load():
         ckpt = load_checkpoint(path)
-        encoder = ckpt.build_encoder()
-        patcher = comfy.model_patcher.ModelPatcher(encoder, load_device=comfy.model_management.get_torch_device(),
+        patcher = comfy.model_patcher.ModelPatcher(ckpt.build_encoder(),
+                                                   load_device=comfy.model_management.get_torch_device(),
                                                    offload_device=comfy.model_management.unet_offload_device())
-        _cache[key] = SlotIDModel(ckpt, patcher)
-    return _cache[key]
+        return SlotIDModel(ckpt, patcher)
+    return _loaded.get(file_key(path), load)
 
 
 class SlotIDLoader(io.ComfyNode):

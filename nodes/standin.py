@@ -6,9 +6,10 @@ import folder_paths
 from comfy_api.latest import io
 
 from ..wanid.standin.checkpoint import load_standin
+from .cache import LoadedCache, file_key
 from .standin_patch import apply_standin, check_model
 
-_weights_cache = {}  # (path, mtime, size) -> StandInWeights; two entries hold the Wan 2.2 high/low pair
+_weights = LoadedCache(2)  # two entries hold the Wan 2.2 high/low pair
 
 
 def load_weights_cached(name):
@@ -17,13 +18,7 @@ def load_weights_cached(name):
         raise FileNotFoundError(
             f"standin_name: {name!r} is not in models/stand_in. Put Stand-In_wan2.1_T2V_14B.ckpt (or the Wan 2.2 "
             f"high/low pair) in {os.path.join(folder_paths.models_dir, 'stand_in')} and refresh.")
-    stat = os.stat(path)
-    key = (path, stat.st_mtime_ns, stat.st_size)
-    if key not in _weights_cache:
-        while len(_weights_cache) >= 2:
-            _weights_cache.pop(next(iter(_weights_cache)))
-        _weights_cache[key] = load_standin(path)
-    return _weights_cache[key]
+    return _weights.get(file_key(path), lambda: load_standin(path))
 
 
 def reference_latent_of(model, reference_image=None, vae=None, reference_latent=None):

@@ -168,16 +168,33 @@ def server(comfy_server):
     return comfy_server
 
 
-@pytest.fixture(scope="module")
-def page(server):
+def open_page(server, **size):
+    """Chromium on the server's front-end, once the page has the pack's nodes (skips without Chromium)."""
     if CHROMIUM is None:
         pytest.skip(NO_CHROMIUM)
-    browser = Browser(CHROMIUM)
+    browser = Browser(CHROMIUM, **size)
     try:
         browser.goto(server.url)
         browser.wait_for(f"{APP}?.graph && {APP}.extensions?.length > 0 && "
                          "!!window.LiteGraph?.registered_node_types?.WanIDIdentityScore", timeout=120,
                          what="the ComfyUI page with the pack's nodes")
+    except BaseException:
+        browser.close()
+        raise
+    return browser
+
+
+def keep(path, tmp_path):
+    """Where a picture goes: the repo file when asked to refresh it (or when it is missing), else the temp dir."""
+    target = path if os.environ.get("WANID_SCREENSHOTS") == "1" or not path.exists() else tmp_path / path.name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    return target
+
+
+@pytest.fixture(scope="module")
+def page(server):
+    browser = open_page(server)
+    try:
         yield browser
     finally:
         browser.close()
@@ -332,9 +349,7 @@ def test_identity_score_preview_and_mean_appear_on_the_node(server, page, tmp_pa
     a = np.asarray(shot).astype(int)
     blue = (np.abs(a - np.array([40, 110, 230])).sum(-1) < 40).sum()
     assert blue > 200, "the plot is not visible on the node in the screenshot"
-    target = SCREENSHOT if os.environ.get("WANID_SCREENSHOTS") == "1" or not SCREENSHOT.exists() else \
-        tmp_path / SCREENSHOT.name
-    target.parent.mkdir(parents=True, exist_ok=True)
+    target = keep(SCREENSHOT, tmp_path)
     shot.save(target, optimize=True)
     if target.stat().st_size >= 300_000:  # keep the docs light: a palette image reads the same
         shot.quantize(colors=256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE).save(target, optimize=True)

@@ -15,7 +15,6 @@ temp dir. Skips without Chromium, like test_frontend.py (whose DevTools browser 
 """
 import io
 import json
-import os
 import time
 from pathlib import Path
 
@@ -23,7 +22,7 @@ import numpy as np
 import pytest
 
 from comfy_server import comfy_server  # noqa: F401  (fixture, used by test_frontend's `server`)
-from test_frontend import APP, CHROMIUM, NO_CHROMIUM, Browser, server  # noqa: F401  (server is a fixture)
+from test_frontend import APP, CHROMIUM, NO_CHROMIUM, keep, open_page, server  # noqa: F401  (server is a fixture)
 
 REPO = Path(__file__).resolve().parents[1]
 FOLDER = REPO / "workflows"
@@ -50,23 +49,12 @@ def page(server):
     # leave the render statistics out of the picture
     for key, value in (("LiteGraph.Canvas.MinFontSizeForLOD", 1), ("Comfy.Graph.CanvasInfo", False)):
         requests.post(f"{server.url}/settings/{key}", json=value, timeout=10).raise_for_status()
-    browser = Browser(CHROMIUM, width=WIDTH, height=HEIGHT)
+    browser = open_page(server, width=WIDTH, height=HEIGHT)
     try:
-        browser.goto(server.url)
-        browser.wait_for(f"{APP}?.graph && {APP}.extensions?.length > 0 && "
-                         "!!window.LiteGraph?.registered_node_types?.WanIDIdentityTokenInject", timeout=120,
-                         what="the ComfyUI page with the pack's nodes")
         yield browser
         focus_mode(browser, False)  # the setting is stored on the (shared) server: leave it as it was
     finally:
         browser.close()
-
-
-def keep(path, tmp_path):
-    """Where a picture goes: the repo file when asked to refresh it (or when it is missing), else the temp dir."""
-    target = path if os.environ.get("WANID_SCREENSHOTS") == "1" or not path.exists() else tmp_path / path.name
-    target.parent.mkdir(parents=True, exist_ok=True)
-    return target
 
 
 def load(page, path):
