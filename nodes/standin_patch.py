@@ -6,8 +6,11 @@
   first model call of a run only) and installs an attention override (chained to any earlier one) that appends them
   to the video's self-attention;
 - ON_PRE_RUN / ON_CLEANUP callbacks drop the cached keys/values, so nothing outlives a sampling run;
-- the LoRA lives in its own ModelPatcher (comfy.ops.manual_cast layers) attached with set_additional_models, so
-  ComfyUI budgets, loads, casts and offloads it like the model itself.
+- the LoRA lives in its own patcher (comfy.ops.manual_cast layers, built the way core builds side models: a
+  CoreModelPatcher, so dynamic VRAM stays on) attached with set_additional_models, so ComfyUI budgets, loads,
+  casts and offloads it like the model itself;
+- native multi-GPU clones (deepclone_multigpu / match_multigpu_clones) get their own patch and LoRA, so two
+  devices never share run state.
 The shared model is never touched: all of this sits on a clone of the ModelPatcher.
 """
 import logging
@@ -23,7 +26,7 @@ from comfy.ldm.modules import attention as comfy_attention
 from ..wanid.standin.lora import StandInLoRA
 from ..wanid.standin.positions import reference_position_ids
 from ..wanid.standin.reference_branch import attend_with_reference, reference_block
-from .wan import wan_model_of
+from .wan import patchable_wan_model_of
 
 KEY = "wanid_standin"
 MIN_VERSION = "0.3.59"
@@ -55,6 +58,7 @@ class _Run:
         self.key = self.model = None
         self.x = self.e = self.freqs = None
         self.kv = {}
+        self.reached = False  # a block replace ran during the current model call
 
 
 class StandInPatch:
@@ -74,22 +78,38 @@ class StandInPatch:
     def reset(self, *args):
         self.run = _Run()
 
+    def rebind_clone(self, source, clone):
+        """A native multi-GPU clone (ON_DEEPCLONE_MULTIGPU / ON_MATCH_MULTIGPU_CLONES) gets a patch of its own, on
+        its own copy of the LoRA: devices run in parallel and must not share run state."""
+        loras = clone.get_additional_models_with_key(KEY)
+        if not loras or loras[0] is self.lora_patcher:
+            loras = [self.lora_patcher.clone()]
+        _attach(clone, StandInPatch(loras[0], self.reference, self.strength), len(clone.model.diffusion_model.blocks))
+
     # --- DIFFUSION_MODEL wrapper -------------------------------------------------------------------------------
     def diffusion_model_wrapper(self, executor, *args, **kwargs):
         model = executor.class_obj
         args = list(args)
         x = args[0]
-        self._prepare(model, x)
+        options = args[5] if len(args) > 5 else kwargs.get("transformer_options", {})
+        self._prepare(model, x, options.get("rope_options"))
         if len(args) > 5:
-            args[5] = {**args[5], KEY: self}
+            args[5] = {**options, KEY: self}
         else:
-            kwargs["transformer_options"] = {**kwargs.get("transformer_options", {}), KEY: self}
-        return executor(*args, **kwargs)
+            kwargs["transformer_options"] = {**options, KEY: self}
+        self.run.reached = False
+        out = executor(*args, **kwargs)
+        if not self.run.reached:
+            raise RuntimeError(
+                f"model: {type(model).__name__} ran without ComfyUI's per-block patches, so Stand-In could not "
+                "join its attention. Use a Wan 2.1/2.2 text-to-video (or VACE) model, or remove the Stand-In node.")
+        return out
 
-    def _prepare(self, model, x):
+    def _prepare(self, model, x, rope_options=None):
         ph, pw = model.patch_size[1], model.patch_size[2]
         grid_h, grid_w = -(-x.shape[-2] // ph), -(-x.shape[-1] // pw)
-        key = (id(model), grid_h, grid_w, x.device, x.dtype)
+        rope_key = tuple(sorted(rope_options.items())) if rope_options else None
+        key = (id(model), grid_h, grid_w, x.device, x.dtype, rope_key)
         if self.run.key == key:
             return
         from comfy.ldm.wan.model import sinusoidal_embedding_1d
@@ -102,7 +122,7 @@ class StandInPatch:
         t0 = torch.zeros(1, device=x.device)
         e = model.time_embedding(sinusoidal_embedding_1d(model.freq_dim, t0).to(dtype=x.dtype))
         run.e = model.time_projection(e).unflatten(1, (6, model.dim))
-        ids = reference_position_ids(grid_h, grid_w, ref_h, ref_w, device=x.device)
+        ids = reference_position_ids(grid_h, grid_w, ref_h, ref_w, device=x.device, rope_options=rope_options)
         run.freqs = model.rope_embedder(ids).movedim(1, 2)
 
     def reference_kv(self, i):
@@ -136,8 +156,11 @@ class StandInPatch:
             options = args["transformer_options"]
             if options.get(KEY) is not self:
                 return previous(args, extra) if previous else extra["original_block"](args)
+            self.run.reached = True
             k_ref, v_ref = self.reference_kv(index)
-            override = _SelfAttentionOverride(k_ref, v_ref, self.strength, options.get("optimized_attention_override"))
+            block = self.run.model.blocks[index]
+            override = _SelfAttentionOverride(k_ref, v_ref, self.strength, options.get("optimized_attention_override"),
+                                              preferred=(_preferred(block.self_attn), _preferred(block.cross_attn)))
             args = {**args, "transformer_options": {**options, "optimized_attention_override": override}}
             return previous(args, extra) if previous else extra["original_block"](args)
         replace.wanid_standin = True
@@ -149,41 +172,102 @@ def apply_rope(x, freqs):
     return apply_rope1(x, freqs)
 
 
+def _preferred(module):
+    """A checkpoint's own attention for this module (ComfyAttention, newer ComfyUI), or None. The host skips it
+    whenever an override is installed, so the override honours it itself."""
+    return getattr(getattr(module, "comfy_attention", None), "function", None)
+
+
+def _tensors(q, k, v):
+    """q, k, v as tensors: newer ComfyUI may pass AttentionTensorContainer (single-owner wrappers)."""
+    return tuple(t.take() if hasattr(t, "take") and not isinstance(t, torch.Tensor) else t for t in (q, k, v))
+
+
 class _SelfAttentionOverride:
     """Appends the reference K/V to the first attention of a block (its self-attention); passes everything else on
-    to the override that was there before, or to the backend."""
+    to the override that was there before (the core ModelAttentionBackend's, another pack's), else to the backend the
+    host would have used: the module's preferred attention where it has one, else the global one."""
 
-    def __init__(self, k_ref, v_ref, strength, previous):
+    def __init__(self, k_ref, v_ref, strength, previous, preferred=(None, None)):
         self.k_ref, self.v_ref, self.strength, self.previous = k_ref, v_ref, strength, previous
+        self.preferred = preferred  # (self-attention, cross-attention)
         self.pending = True
 
-    def _call(self, func, q, k, v, *args, **kwargs):
+    def _call(self, func, q, k, v, *args, preferred=None, **kwargs):
         if self.previous is not None:
             return self.previous(func, q, k, v, *args, **kwargs)
-        return func(q, k, v, *args, **kwargs)
+        return (preferred or func)(q, k, v, *args, **kwargs)
 
     def __call__(self, func, q, k, v, *args, **kwargs):
+        q, k, v = _tensors(q, k, v)
         if self.pending and q.shape[1] == k.shape[1]:
             self.pending = False
+            preferred = self.preferred[0]
             if self.strength != 1.0:
-                func = comfy_attention.attention_pytorch  # the padded head (d + 8) is not every kernel's size
+                # the padded head (d + 8) is not every kernel's size
+                func, preferred = comfy_attention.attention_pytorch, None
             if "heads" not in kwargs:
                 kwargs["heads"], args = args[0], args[1:]
             heads = kwargs.pop("heads")
 
             def backend(q_, k_, v_, heads, **kw):
-                return self._call(func, q_, k_, v_, *args, heads=heads, **kw)
+                return self._call(func, q_, k_, v_, *args, heads=heads, preferred=preferred, **kw)
 
             return attend_with_reference(backend, q, k, v, self.k_ref, self.v_ref, heads, self.strength, **kwargs)
-        return self._call(func, q, k, v, *args, **kwargs)
+        return self._call(func, q, k, v, *args, preferred=self.preferred[1], **kwargs)
 
 
 def check_model(patcher, weights):
     """The WanModel behind `patcher`, once the host, the model and the Stand-In file are known to fit."""
     check_host()
-    model = wan_model_of(patcher, "RestrictedAttnPatch")
+    model = patchable_wan_model_of(patcher, "RestrictedAttnPatch")
     weights.check_against(len(model.blocks), model.dim, f"this Wan model (dim {model.dim})")
     return model
+
+
+def lora_patcher(weights, disable_dynamic=False):
+    """Stand-In's LoRA in its own patcher, built as core builds side models (comfy_extras/nodes_model_patch.py):
+    manual_cast layers, a CoreModelPatcher (the dynamic-VRAM one where ComfyUI enabled it; a plain ModelPatcher
+    among the loaded models would turn dynamic freeing off for the whole load), and load_state_dict with
+    assign=is_dynamic(): dynamic layers have no weight until their state dict is assigned. cached_patcher_init
+    lets native multi-GPU make a fresh copy per device."""
+    core = getattr(comfy.model_patcher, "CoreModelPatcher", comfy.model_patcher.ModelPatcher)
+    cls = comfy.model_patcher.ModelPatcher if disable_dynamic else core
+    offload = comfy.model_management.unet_offload_device()
+    module = StandInLoRA(weights.num_blocks, weights.dim, weights.rank, operations=comfy.ops.manual_cast,
+                         device=offload)
+    patcher = cls(module, load_device=comfy.model_management.get_torch_device(), offload_device=offload)
+    is_dynamic = getattr(patcher, "is_dynamic", lambda: False)()
+    module.load_state_dict(weights.state_dict, strict=True, assign=is_dynamic)
+    module.eval().requires_grad_(False)
+    patcher.cached_patcher_init = (lora_patcher, (weights,))
+    return patcher
+
+
+def _attach(out, patch, num_blocks):
+    """Install `patch` on the clone `out`: wrapper, run callbacks, LoRA side model and one chained block replace per
+    block (an earlier Stand-In patch on the same model is replaced, other packs' entries are kept)."""
+    extension = comfy.patcher_extension
+    out.remove_wrappers_with_key(extension.WrappersMP.DIFFUSION_MODEL, KEY)
+    out.add_wrapper_with_key(extension.WrappersMP.DIFFUSION_MODEL, KEY, patch.diffusion_model_wrapper)
+    for call in (extension.CallbacksMP.ON_PRE_RUN, extension.CallbacksMP.ON_CLEANUP):
+        out.remove_callbacks_with_key(call, KEY)
+        out.add_callback_with_key(call, KEY, patch.reset)
+    for name in ("ON_DEEPCLONE_MULTIGPU", "ON_MATCH_MULTIGPU_CLONES"):  # native multi-GPU (0.33+)
+        call = getattr(extension.CallbacksMP, name, None)
+        if call is not None:
+            out.remove_callbacks_with_key(call, KEY)
+            out.add_callback_with_key(call, KEY, patch.rebind_clone)
+    out.set_additional_models(KEY, [patch.lora_patcher])
+
+    existing = out.model_options["transformer_options"].get("patches_replace", {}).get("dit", {})
+    for i in range(num_blocks):
+        previous = existing.get(("double_block", i))
+        while previous is not None and getattr(previous, "wanid_standin", False):
+            previous = getattr(previous, "wanid_previous", None)  # a replaced Stand-In patch: skip it
+        replace = patch.block_replace(i, previous)
+        replace.wanid_previous = previous
+        out.set_model_patch_replace(replace, "dit", "double_block", i)
 
 
 def apply_standin(patcher, weights, reference, strength):
@@ -197,30 +281,8 @@ def apply_standin(patcher, weights, reference, strength):
     out = patcher.clone()
     if strength <= 0:
         return out  # strength 0 is the unpatched model, exactly
-
-    lora = StandInLoRA.from_weights(weights, operations=comfy.ops.manual_cast)
-    lora_patcher = comfy.model_patcher.ModelPatcher(
-        lora, load_device=comfy.model_management.get_torch_device(),
-        offload_device=comfy.model_management.unet_offload_device())
-    patch = StandInPatch(lora_patcher, reference.detach().cpu(), strength)
-
     if out.get_wrappers(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, KEY):
         logging.warning("[WanIdentity] this model already had a Stand-In patch; the new one replaces it.")
-        out.remove_wrappers_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, KEY)
-        for call in (comfy.patcher_extension.CallbacksMP.ON_PRE_RUN, comfy.patcher_extension.CallbacksMP.ON_CLEANUP):
-            out.remove_callbacks_with_key(call, KEY)
-
-    out.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, KEY, patch.diffusion_model_wrapper)
-    out.add_callback_with_key(comfy.patcher_extension.CallbacksMP.ON_PRE_RUN, KEY, patch.reset)
-    out.add_callback_with_key(comfy.patcher_extension.CallbacksMP.ON_CLEANUP, KEY, patch.reset)
-    out.set_additional_models(KEY, [lora_patcher])
-
-    existing = out.model_options["transformer_options"].get("patches_replace", {}).get("dit", {})
-    for i in range(len(model.blocks)):
-        previous = existing.get(("double_block", i))
-        while previous is not None and getattr(previous, "wanid_standin", False):
-            previous = getattr(previous, "wanid_previous", None)  # a replaced Stand-In patch: skip it
-        replace = patch.block_replace(i, previous)
-        replace.wanid_previous = previous
-        out.set_model_patch_replace(replace, "dit", "double_block", i)
+    patch = StandInPatch(lora_patcher(weights), reference.detach().cpu(), strength)
+    _attach(out, patch, len(model.blocks))
     return out
