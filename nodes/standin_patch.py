@@ -13,6 +13,7 @@
   devices never share run state.
 The shared model is never touched: all of this sits on a clone of the ModelPatcher.
 """
+import inspect
 import logging
 
 import torch
@@ -92,7 +93,7 @@ class StandInPatch:
         args = list(args)
         x = args[0]
         options = args[5] if len(args) > 5 else kwargs.get("transformer_options", {})
-        self._prepare(model, x, options.get("rope_options"))
+        self._prepare(model, x, options.get("rope_options") if _reads_rope_options(model) else None)
         if len(args) > 5:
             args[5] = {**options, KEY: self}
         else:
@@ -165,6 +166,11 @@ class StandInPatch:
             return previous(args, extra) if previous else extra["original_block"](args)
         replace.wanid_standin = True
         return replace
+
+
+def _reads_rope_options(model):
+    """Whether this host's Wan places the video by transformer_options["rope_options"] (ScaleROPE, 0.3x)."""
+    return "transformer_options" in inspect.signature(model.rope_encode).parameters
 
 
 def apply_rope(x, freqs):

@@ -61,8 +61,19 @@ def video_positions(T, H, W):
     return torch.stack([t, h, w], -1).reshape(-1, 3).to(D)
 
 
-def forward(sd, x, t, context, num_layers, ref=None, lora=None, strength=1.0):
-    """Wan T2V forward in float64. ref: normalised latent [1, C, 1, h, w] or None; lora: Stand-In state dict."""
+def scaled(pos, rope_options):
+    """ScaleROPE's map of every position: shift + scale * p on each of the t, h, w axes."""
+    if not rope_options:
+        return pos
+    out = pos.clone()
+    for axis, name in enumerate("tyx"):
+        out[:, axis] = rope_options.get(f"shift_{name}", 0.0) + rope_options.get(f"scale_{name}", 1.0) * pos[:, axis]
+    return out
+
+
+def forward(sd, x, t, context, num_layers, ref=None, lora=None, strength=1.0, rope_options=None):
+    """Wan T2V forward in float64. ref: normalised latent [1, C, 1, h, w] or None; lora: Stand-In state dict;
+    rope_options: ScaleROPE's scale/shift per axis, applied to video and reference positions alike."""
     sd = {k: v.to(D) for k, v in sd.items()}
     dim = sd["head.modulation"].shape[-1]
     heads, d = dim // 128, 128
@@ -76,12 +87,13 @@ def forward(sd, x, t, context, num_layers, ref=None, lora=None, strength=1.0):
     e = lin(F.silu(lin(sinusoid(256, t), sd, "time_embedding.0")), sd, "time_embedding.2")  # [B, dim]
     e0 = lin(F.silu(e), sd, "time_projection.1").reshape(B, 6, dim)
     ctx = lin(gelu_tanh(lin(context.to(D), sd, "text_embedding.0")), sd, "text_embedding.2")
-    pos = video_positions(T, H, W)
+    pos = scaled(video_positions(T, H, W), rope_options)
 
     if ref is not None:
         r, (_, rh, rw) = patchify(ref)
         rpos = torch.stack(torch.meshgrid(torch.tensor([-1]), torch.arange(H, H + rh), torch.arange(W, W + rw),
                                           indexing="ij"), -1).reshape(-1, 3).to(D)
+        rpos = scaled(rpos, rope_options)
         er = lin(F.silu(lin(sinusoid(256, torch.zeros(1)), sd, "time_embedding.0")), sd, "time_embedding.2")
         e0r = lin(F.silu(er), sd, "time_projection.1").reshape(1, 6, dim)
 

@@ -9,6 +9,8 @@ patch_embedding and out_dim from head.head // 4 (patch 1x2x2); everything else i
     tiny_wan_state_dict(**kw) -> {key: tensor}      plain torch, no ComfyUI needed
     write_tiny_wan(path, **kw) -> path              the same, saved as .safetensors
     load_tiny_wan_patcher(weight_dtype=None, **kw)  a real comfy ModelPatcher built in-process (WAN21_T2V)
+    wan21_vae_state_dict(seed=0, dtype=...)         a Wan 2.1 VAE (full size, random weights; needs ComfyUI)
+    write_wan21_vae(path, **kw) -> path              the same, saved as .safetensors
 
 Weights are random with non-zero biases (a bias that is silently dropped must change the output), scaled so
 that activations stay O(1) through the blocks.
@@ -30,8 +32,11 @@ WEIGHT_DTYPES = {
 }
 
 
-def tiny_wan_shapes(dim=128, ffn=256, layers=2, in_dim=16, out_dim=16, text_dim=4096, freq_dim=256):
-    """{key: shape} of a Wan 2.1 T2V checkpoint (comfy/ldm/wan/model.py WanModel, model_type 't2v')."""
+def tiny_wan_shapes(dim=128, ffn=256, layers=2, in_dim=16, out_dim=16, text_dim=4096, freq_dim=256, vace_layers=0,
+                    vace_in_dim=96):
+    """{key: shape} of a Wan 2.1 T2V checkpoint (comfy/ldm/wan/model.py WanModel, model_type 't2v'); with
+    vace_layers > 0 a Wan 2.1 VACE one (VaceWanModel: vace_patch_embedding and vace_blocks.N, the first with
+    before_proj, each with after_proj), which ComfyUI detects as WAN21_Vace."""
     if dim % 128:
         raise ValueError(f"dim={dim}: ComfyUI detects heads as dim // 128, so dim must be a multiple of 128")
     patch = (1, 2, 2)
@@ -49,8 +54,8 @@ def tiny_wan_shapes(dim=128, ffn=256, layers=2, in_dim=16, out_dim=16, text_dim=
         "time_projection.1.weight": (6 * dim, dim),
         "time_projection.1.bias": (6 * dim,),
     }
-    for i in range(layers):
-        b = f"blocks.{i}."
+    blocks = [f"blocks.{i}." for i in range(layers)] + [f"vace_blocks.{i}." for i in range(vace_layers)]
+    for b in blocks:
         for attn in ("self_attn", "cross_attn"):
             for proj in ("q", "k", "v", "o"):
                 shapes[f"{b}{attn}.{proj}.weight"] = (dim, dim)
@@ -64,6 +69,14 @@ def tiny_wan_shapes(dim=128, ffn=256, layers=2, in_dim=16, out_dim=16, text_dim=
         shapes[f"{b}ffn.2.weight"] = (dim, ffn)
         shapes[f"{b}ffn.2.bias"] = (dim,)
         shapes[f"{b}modulation"] = (1, 6, dim)
+        if b.startswith("vace_blocks."):
+            projs = ("before_proj", "after_proj") if b == "vace_blocks.0." else ("after_proj",)
+            for proj in projs:
+                shapes[f"{b}{proj}.weight"] = (dim, dim)
+                shapes[f"{b}{proj}.bias"] = (dim,)
+    if vace_layers:
+        shapes["vace_patch_embedding.weight"] = (dim, vace_in_dim, *patch)
+        shapes["vace_patch_embedding.bias"] = (dim,)
     shapes["head.head.weight"] = (out_dim * math.prod(patch), dim)
     shapes["head.head.bias"] = (out_dim * math.prod(patch),)
     shapes["head.modulation"] = (1, 2, dim)
@@ -71,11 +84,13 @@ def tiny_wan_shapes(dim=128, ffn=256, layers=2, in_dim=16, out_dim=16, text_dim=
 
 
 def tiny_wan_state_dict(dim=128, ffn=256, layers=2, in_dim=16, out_dim=16, text_dim=4096, freq_dim=256,
-                        seed=0, dtype=torch.float32):
-    """Random weights for every key of tiny_wan_shapes; `dtype` is the dtype stored in the file."""
+                        seed=0, dtype=torch.float32, vace_layers=0):
+    """Random weights for every key of tiny_wan_shapes; `dtype` is the dtype stored in the file. The main
+    model's weights do not depend on vace_layers (the VACE keys are drawn after them)."""
     gen = torch.Generator().manual_seed(seed)
     sd = {}
-    for key, shape in tiny_wan_shapes(dim, ffn, layers, in_dim, out_dim, text_dim, freq_dim).items():
+    shapes = tiny_wan_shapes(dim, ffn, layers, in_dim, out_dim, text_dim, freq_dim, vace_layers=vace_layers)
+    for key, shape in sorted(shapes.items(), key=lambda kv: "vace" in kv[0]):
         x = torch.randn(shape, generator=gen, dtype=torch.float64)
         if key.endswith("norm_q.weight") or key.endswith("norm_k.weight") or key.endswith("norm3.weight"):
             t = 1.0 + 0.1 * x  # norm gains near 1
@@ -105,7 +120,7 @@ def load_tiny_wan_patcher(weight_dtype=None, **kw):
 
     weight_dtype: None/"default" (ComfyUI picks), a torch dtype, or a UNETLoader name ("fp8_e4m3fn", ...);
     it becomes model_options["dtype"]. Other keywords go to tiny_wan_state_dict. Skips without ComfyUI;
-    raises if ComfyUI does not detect the file as WAN21_T2V.
+    raises if ComfyUI does not detect the file as WAN21_T2V (WAN21_Vace with vace_layers).
     """
     import conftest
 
@@ -121,8 +136,9 @@ def load_tiny_wan_patcher(weight_dtype=None, **kw):
     if patcher is None:
         raise RuntimeError("ComfyUI could not detect the tiny Wan state dict")
     kind = type(patcher.model.model_config).__name__
-    if kind != "WAN21_T2V":
-        raise RuntimeError(f"tiny Wan detected as {kind}, expected WAN21_T2V")
+    expected = "WAN21_Vace" if kw.get("vace_layers") else "WAN21_T2V"
+    if kind != expected:
+        raise RuntimeError(f"tiny Wan detected as {kind}, expected {expected}")
     return patcher
 
 
@@ -147,3 +163,45 @@ def diffusion_call(patcher, x, t, ctx, load=True, **kwargs):
             comfy.model_management.load_models_gpu([patcher] + patcher.get_nested_additional_models())
         return patcher.model.diffusion_model(x, t, ctx, transformer_options=sampler_options(patcher),
                                              **kwargs).float()
+
+
+# comfy/sd.py VAE(): a Wan 2.1 VAE is "decoder.middle.0.residual.0.gamma" without
+# "decoder.upsamples.0.upsamples.0.residual.2.weight" (Wan 2.2). 0.3.64 then builds dim=96, 3 image channels; 0.33.0
+# reads dim from decoder.head.0.gamma, image channels from encoder.conv1.weight and output channels from
+# decoder.head.2.weight. So only the real size (dim 96, 3 channels, ~127M parameters) loads in both.
+WAN21_VAE_CONFIG = dict(dim=96, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[],
+                        temperal_downsample=[False, True, True], dropout=0.0)
+
+
+def wan21_vae_state_dict(seed=0, dtype=torch.float32):
+    """Every key of a Wan 2.1 VAE file in ComfyUI's layout (names and shapes from ComfyUI's own WanVAE, built on the
+    meta device), random unit-gain weights: norms' gamma 1, biases 0, other weights N(0, 1/fan_in), so activations
+    stay O(1) through the encoder. Needs ComfyUI (skips without it)."""
+    import conftest
+
+    conftest.import_comfy()
+    from comfy.ldm.wan.vae import WanVAE
+
+    with torch.device("meta"):
+        shapes = {k: v.shape for k, v in WanVAE(**WAN21_VAE_CONFIG).state_dict().items()}
+    g = torch.Generator().manual_seed(seed)
+    sd = {}
+    for name, shape in shapes.items():
+        if name.endswith("gamma"):
+            t = torch.ones(shape)
+        elif name.endswith("bias"):
+            t = torch.zeros(shape)
+        else:
+            t = torch.randn(shape, generator=g) * math.prod(shape[1:]) ** -0.5
+        sd[name] = t.to(dtype)
+    return sd
+
+
+def write_wan21_vae(path, **kw):
+    """Save wan21_vae_state_dict(**kw) as .safetensors at `path` (parents created); returns the Path."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(wan21_vae_state_dict(**kw), str(path))
+    return path
