@@ -11,7 +11,7 @@ WEB_DIRECTORY = "./js"
 if importlib.util.find_spec("comfy_api") is not None:
     from typing_extensions import override
 
-    from comfy_api.latest import ComfyExtension, io
+    from .nodes.v3 import ComfyExtension, io
 
     from .nodes import all_nodes
 

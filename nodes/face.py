@@ -6,7 +6,7 @@ import os
 import comfy.model_management
 import comfy.utils
 import folder_paths
-from comfy_api.latest import io, ui
+from .v3 import io, ui
 
 from ..wanid.face import parsing
 from ..wanid.face.detect import PROVIDER_CHOICES, find_recognition_model, load_detector

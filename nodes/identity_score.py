@@ -5,7 +5,7 @@ import os
 import torch
 
 import comfy.utils
-from comfy_api.latest import io, ui
+from .v3 import io, ui
 
 from ..wanid.face.detect import PROVIDER_CHOICES
 from ..wanid.score import (REFERENCE_MODES, arcface_faces, mean_score, per_frame_json,

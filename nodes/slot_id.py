@@ -13,7 +13,7 @@ import comfy.model_patcher
 import comfy.sd
 import comfy.utils
 import folder_paths
-from comfy_api.latest import io, ui
+from .v3 import io, ui
 
 from ..wanid.slot.checkpoint import SlotIDCheckpoint, load_checkpoint
 from ..wanid.slot.encoder import IdentityTokens, clip_inputs

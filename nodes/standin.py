@@ -3,7 +3,7 @@ import os
 
 
 import folder_paths
-from comfy_api.latest import io
+from .v3 import io
 
 from ..wanid.standin.checkpoint import load_standin
 from .cache import LoadedCache, file_key

@@ -1,5 +1,5 @@
 """The pack's own socket types, declared once (a typo in a second declaration would silently split a type)."""
-from comfy_api.latest import io
+from .v3 import io
 
 FaceClipType = io.Custom("FACE_CLIP")  # wanid.face_clip.FaceClip
 FrameTimes = io.Custom("FRAME_TIMES")  # 1-D float32 tensor, seconds from the source's first frame
