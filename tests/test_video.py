@@ -200,6 +200,31 @@ def test_synthetic_exact_frame_selection(tmp_path):
     assert frame_ids(clip.frames) == list(range(12))
 
 
+def test_trim_window_is_the_clip(tmp_path):
+    """trim (ComfyUI's trimmed VideoFromFile): the clip is that part of the file, timed from its first frame."""
+    path = write_numbered(tmp_path / "n.mp4", 12, fps=10)
+    clip = sample_frames(path, num_frames=16, trim=(0.35, 0.5))  # pts 0.35 <= t < 0.85: frames 4..8
+    assert frame_ids(clip.frames) == [4, 5, 6, 7, 8]
+    np.testing.assert_allclose(clip.times.numpy(), [0.0, 0.1, 0.2, 0.3, 0.4], atol=1e-9)
+    clip = sample_frames(path, num_frames=16, start_time=0.1, duration=0.2, trim=(0.35, 0.5))  # trim's 1..2
+    assert frame_ids(clip.frames) == [5, 6]
+    np.testing.assert_allclose(clip.times.numpy(), [0.1, 0.2], atol=1e-9)
+    clip = sample_frames(path, num_frames=16, start_time=0.3, duration=5.0, trim=(0.35, 0.5))  # ends with it
+    assert frame_ids(clip.frames) == [7, 8]
+    clip = sample_frames(path, num_frames=3, trim=(0.6, 0.0))  # duration 0: to the end
+    assert frame_ids(clip.frames) == [6, 8, 11]
+    untrimmed = sample_frames(path, num_frames=5)
+    same = sample_frames(path, num_frames=5, trim=(0.0, 0.0))
+    assert torch.equal(same.frames, untrimmed.frames) and torch.equal(same.times, untrimmed.times)
+    with open(path, "rb") as f:
+        clip = sample_frames(io.BytesIO(f.read()), num_frames=16, trim=(0.35, 0.5))
+    assert frame_ids(clip.frames) == [4, 5, 6, 7, 8]
+    with pytest.raises(VideoError, match=r"n.mp4: no frame in the video's trim window \(5 s \+ 1 s\)"):
+        sample_frames(path, trim=(5.0, 1.0))
+    with pytest.raises(VideoError, match="no frame in the window"):
+        sample_frames(path, start_time=0.6, trim=(0.35, 0.5))
+
+
 def test_variable_frame_rate_uses_pts(tmp_path):
     pts = [0, 40, 120, 130, 300, 310, 320, 500, 900, 1000]  # milliseconds
     path = write_numbered(tmp_path / "vfr.mp4", len(pts), fps=25, size=(32, 32), pts=pts,

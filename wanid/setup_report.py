@@ -11,6 +11,8 @@ import importlib.util
 import os
 from dataclasses import dataclass, field
 
+from .host_versions import MIN_SUPPORTED, classify
+
 OK, MISSING, WARN = "OK", "MISSING", "WARN"
 
 # Every onnxruntime build installs the same `onnxruntime` module: two of them overwrite each other's files.
@@ -81,14 +83,6 @@ def _first_line(e, limit=300):
     return text[0][:limit] if text else ""
 
 
-def _version_tuple(v):
-    out = []
-    for part in str(v).split(".")[:3]:
-        digits = "".join(ch for ch in part if ch.isdigit())
-        out.append(int(digits) if digits else 0)
-    return tuple(out)
-
-
 def _size(path):
     n = os.path.getsize(path)
     for unit in ("B", "KB", "MB", "GB"):
@@ -111,15 +105,8 @@ def wan_of(dim, num_blocks=None):
 # ----------------------------------------------------------------------------------------------- ComfyUI
 def host_checks(host):
     out = []
-    version = host.comfyui_version or "unknown"
-    if version == "unknown":
-        out.append(Check(WARN, "ComfyUI version unknown (no comfyui_version module: a very old ComfyUI?)",
-                         f"update ComfyUI to {host.min_version} or newer" if host.min_version else "update ComfyUI"))
-    elif host.min_version and _version_tuple(version) < _version_tuple(host.min_version):
-        out.append(Check(WARN, f"ComfyUI {version} (this pack needs {host.min_version} or newer)",
-                         "update ComfyUI (git pull, or the Manager's Update ComfyUI)"))
-    else:
-        out.append(Check(OK, f"ComfyUI {version}"))
+    status, what, fix = classify(host.comfyui_version or "unknown", host.min_version or MIN_SUPPORTED)
+    out.append(Check(status, what, fix))
     if host.host_error:
         out.append(Check(MISSING, f"Stand-In hooks: {host.host_error}", "update ComfyUI"))
     else:

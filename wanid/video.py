@@ -10,7 +10,7 @@ a stream without timestamps (a raw .h264 file) falls back to index / frame rate.
 
 Files are read in two passes: a demux-only scan that lists the window's frame timestamps without decoding
 (cheap), then a decode that seeks near each chosen frame, so a long clip costs about num_frames GOPs of decoding
-rather than the whole file.
+rather than the whole file. A trim window (ComfyUI's trimmed VIDEO) makes the clip that part of the file.
 """
 import logging
 import math
@@ -160,9 +160,30 @@ def _frame_rgb(frame, size):
     return array
 
 
-def _scan_pts(container, stream, start_pts, end_pts, origin, max_frames, label):
+def _first_pts(container, stream, lo, hi, max_frames, label):
+    """The smallest frame pts in [lo, hi) (a trim window's first frame), from packets alone; None if none."""
+    container.seek(int(lo), stream=stream, backward=True, any_frame=False)
+    best, seen = None, 0
+    slack = 2.0 / stream.time_base  # B-frame reordering: an earlier pts can follow a later one
+    for packet in container.demux(stream):
+        if packet.size == 0:
+            continue
+        if packet.pts is None:
+            raise VideoError(f"{label}: the video has no timestamps, so its trim window cannot be applied; "
+                             "re-encode it (mp4) or leave it untrimmed and use start_time/duration")
+        if packet.pts > (hi if best is None else best) + slack:
+            break
+        if lo <= packet.pts < hi and (best is None or packet.pts < best):
+            best = packet.pts
+        seen += 1
+        if seen > max_frames:
+            break
+    return best
+
+
+def _scan_pts(container, stream, start_pts, end_pts, origin, max_frames, label, must_seek=False):
     """pts of the frames in [start_pts, end_pts) from packets alone (no decoding); None if packets lack pts."""
-    if start_pts > origin:
+    if start_pts > origin or must_seek:
         container.seek(int(start_pts), stream=stream, backward=True, any_frame=False)
     found = []
     listed = 0
@@ -254,11 +275,14 @@ def _sample_without_pts(path, label, num_frames, stride, t0, t1, max_side, max_f
 
 def sample_frames(path, num_frames=16, start_time=0.0, duration=0.0, stride=0, max_side=0,
                   max_scan_frames=MAX_SCAN_FRAMES, max_frame_pixels=MAX_FRAME_PIXELS,
-                  max_output_pixels=MAX_OUTPUT_PIXELS, label=None):
+                  max_output_pixels=MAX_OUTPUT_PIXELS, trim=None, label=None):
     """Decode the selected frames of a video file (or file object) in temporal order.
 
     Returns Clip(frames uint8 [T, H, W, 3] RGB, times float64 [T] seconds from the first frame, fps).
     Rotation metadata is applied (frames come out as a player shows them). T <= num_frames.
+    trim: (start, duration) in seconds of the stream's own timestamps, duration 0 = to the end, as ComfyUI's
+    VideoFromFile trims (frames with int(start / time_base) <= pts < int((start + duration) / time_base)). The
+    clip is then that part of the file: start_time/duration and the times count from its first frame.
     """
     label = label or (os.path.basename(os.fspath(path)) if isinstance(path, (str, os.PathLike)) else "video")
     t0, t1 = _window(float(start_time), float(duration))
@@ -273,9 +297,23 @@ def sample_frames(path, num_frames=16, start_time=0.0, duration=0.0, stride=0, m
             raise VideoError(f"{label}: the video stream has no frame size; the file may be damaged")
         tb = stream.time_base
         origin = stream.start_time if stream.start_time is not None else 0
-        start_pts = origin + math.floor(t0 / tb + 1e-6) if t0 > 0 else origin
-        end_pts = math.inf if t1 == math.inf else origin + math.ceil(t1 / tb - 1e-6)
-        listed = _scan_pts(container, stream, start_pts, end_pts, origin, max_scan_frames, label)
+        trimmed = trim is not None and (trim[0] or trim[1])
+        hi = math.inf
+        if trimmed:
+            trim_start, trim_duration = float(trim[0]), float(trim[1])
+            lo = int(trim_start / tb)  # ComfyUI's own rounding, so that the same frames are in the trim
+            hi = int((trim_start + trim_duration) / tb) if trim_duration else math.inf
+            first = _first_pts(container, stream, lo, hi, max_scan_frames, label)
+            if first is None:
+                raise VideoError(f"{label}: no frame in the video's trim window ({trim_start:g} s + "
+                                 f"{trim_duration:g} s); trim it to a part the video has")
+        else:
+            first = origin
+        start_pts = first + math.floor(t0 / tb + 1e-6) if t0 > 0 else first
+        end_pts = min(hi, math.inf if t1 == math.inf else first + math.ceil(t1 / tb - 1e-6))
+        listed = _scan_pts(container, stream, start_pts, end_pts, origin, max_scan_frames, label,
+                           must_seek=bool(trimmed))
+        origin = first
     if listed is None:
         return _sample_without_pts(path, label, num_frames, stride, t0, t1, max_side, max_scan_frames,
                                    max_output_pixels)
