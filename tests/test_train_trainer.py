@@ -4,6 +4,7 @@ skipped with a named reason while the run goes on, and the command line works en
 import json
 import os
 import shutil
+import sys
 
 import numpy as np
 import pytest
@@ -153,8 +154,76 @@ def test_checkpoint_loads_in_the_nodes_and_changes_sampling(trained, tmp_path):
     assert (with_id - plain).abs().max() > 1e-2
 
 
-def test_training_forward_equals_comfy_lora_inference(trained, tmp_path):
-    """The trainer's hooked LoRA + prepended tokens compute what ComfyUI's LoRA patch + IdentityTokenInject run."""
+def kitchen_rope_calls(monkeypatch):
+    """Count comfy-kitchen RoPE calls: newer ComfyUI (0.33.0) runs RoPE there unless model_management.in_training is
+    set. None on a ComfyUI without that dispatch (0.3.64: always torch)."""
+    import comfy.model_management
+    quant_ops = sys.modules.get("comfy.quant_ops")
+    ck = getattr(quant_ops, "ck", None)
+    if not hasattr(comfy.model_management, "in_training") or not hasattr(ck, "apply_rope1"):
+        return None
+    calls = {"n": 0}
+    for name in ("apply_rope", "apply_rope1"):
+        if hasattr(ck, name):
+            def counted(*a, _f=getattr(ck, name), **kw):
+                calls["n"] += 1
+                return _f(*a, **kw)
+            monkeypatch.setattr(ck, name, counted)
+    return calls
+
+
+def test_training_mode_sets_the_flag_and_restores_it(comfy, tmp_path, monkeypatch):
+    """Every DiT call of the trainer (the forward, the backward's block recompute, validation) runs with ComfyUI's
+    in_training set; afterwards the flag is what it was before, also when the step raises. On a ComfyUI without
+    the flag (0.3.64) training_mode adds none; a stand-in flag there checks the same behaviour."""
+    import comfy.model_management as mm
+    from wanid.train import comfy_host
+    if not hasattr(mm, "in_training"):
+        with comfy_host.training_mode():
+            assert not hasattr(mm, "in_training")
+    monkeypatch.setattr(mm, "in_training", "before", raising=False)  # any prior value comes back, not just False
+    with comfy_host.training_mode():
+        assert mm.in_training is True
+        with comfy_host.training_mode():
+            pass
+        assert mm.in_training is True  # nested: the inner exit keeps the outer's value
+    assert mm.in_training == "before"
+
+    examples = load_examples(str(tmp_path / "data"), identities=2, per_identity=1)
+    tr = trainer(dit(), examples, tmp_path / "out", steps=2, grad_checkpointing=True)  # as run_training builds it
+    seen = []
+    # a pre-hook: the recompute stops early, once it has what the backward needs, so a block's forward hook may not run
+    hook = tr.dm.blocks[0].register_forward_pre_hook(lambda m, i: seen.append(mm.in_training))
+    try:
+        tr.train_step()
+        assert seen == [True, True] and mm.in_training == "before"  # the forward and the backward's recompute
+        seen.clear()
+        tr.validate(examples[:1])
+        assert seen and all(v is True for v in seen) and mm.in_training == "before"
+        seen.clear()
+        ex = examples[0]
+        noise = torch.randn(ex.latent_shape, generator=torch.Generator().manual_seed(1))[None]
+        loss = tr.example_loss(ex, ex.tensors, torch.tensor([0.6]), noise, torch.tensor([True]))
+        assert mm.in_training == "before"
+        loss.backward()  # outside any step: the checkpointed block sets the flag for its own recompute
+        assert seen == [True, True] and mm.in_training == "before"
+
+        def fail(m, i, o):
+            assert mm.in_training is True
+            raise RuntimeError("boom in block 0")
+        hook.remove()
+        hook = tr.dm.blocks[0].register_forward_hook(fail)
+        with pytest.raises(RuntimeError, match="boom in block 0"):
+            tr.train_step()
+        assert mm.in_training == "before"
+    finally:
+        hook.remove()
+        tr.close()
+
+
+def test_training_forward_equals_comfy_lora_inference(trained, tmp_path, monkeypatch):
+    """The trainer's hooked LoRA + prepended tokens compute what ComfyUI's LoRA patch + IdentityTokenInject run, and
+    the trainer's RoPE (torch, in_training set) what inference runs (comfy-kitchen on 0.33.0): random inputs, fp32."""
     import comfy.model_management
     from wanid.slot.checkpoint import load_checkpoint
     from wanid_pack.nodes import slot_id as nodes
@@ -165,9 +234,13 @@ def test_training_forward_equals_comfy_lora_inference(trained, tmp_path):
     x = torch.randn(1, 16, 2, 8, 8, generator=g)
     sigma = torch.tensor([0.7])
     ctx = torch.randn(1, 20, 4096, generator=g) * 0.1
+    kitchen = kitchen_rope_calls(monkeypatch)
     with torch.no_grad():
         comfy.model_management.load_models_gpu([patched])
         want = patched.model.diffusion_model(x, sigma * 1000, ctx).float()
+    if kitchen is not None:
+        assert kitchen["n"] > 0  # inference took the kitchen RoPE
+        kitchen["n"] = 0
     tr = trainer(dit(), examples, tmp_path / "unused")
     try:
         tr.lora.load_checkpoint_lora(ck.lora)
@@ -177,6 +250,8 @@ def test_training_forward_equals_comfy_lora_inference(trained, tmp_path):
             plain = tr.velocity(x, sigma, ctx)
     finally:
         tr.close()
+    if kitchen is not None:
+        assert kitchen["n"] == 0  # training took torch's (autograd, float64)
     assert (want - plain).abs().max() > 1e-3  # the LoRA matters here
     assert torch.allclose(got, want, atol=2e-5, rtol=1e-4)
 

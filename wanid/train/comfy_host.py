@@ -3,6 +3,7 @@
 named on the command line. The only module of wanid.train that imports ComfyUI, and only inside functions, after
 import_comfyui() put that install on sys.path.
 """
+import contextlib
 import os
 import sys
 
@@ -25,6 +26,26 @@ def import_comfyui(path, cpu=False):
     import comfy.model_management  # noqa: F401
     import comfy.sd  # noqa: F401
     return path
+
+
+@contextlib.contextmanager
+def training_mode():
+    """ComfyUI's "a trainer runs the model" flag (comfy.model_management.in_training), set while the Slot-ID trainer
+    runs the DiT and put back as it was afterwards, also on errors. Newer ComfyUI (0.33.0) reads it in
+    comfy.ldm.flux.math.apply_rope/apply_rope1: unset, they run a comfy-kitchen kernel without autograd or float64.
+    A no-op where ComfyUI is not loaded (a plain-torch DiT) or has no such flag (0.3.64). Not thread-safe: the flag
+    is process-wide, as in ComfyUI's own trainer."""
+    # sys.modules, not an import: a ComfyUI-built DiT means comfy.model_management is already loaded
+    mm = sys.modules.get("comfy.model_management")
+    if mm is None or not hasattr(mm, "in_training"):
+        yield
+        return
+    previous = mm.in_training
+    mm.in_training = True
+    try:
+        yield
+    finally:
+        mm.in_training = previous
 
 
 def model_path(folder, name):
@@ -69,15 +90,23 @@ def compute_dtype(patcher, bf16=False):
     return dt if dt in (torch.float32, torch.float16, torch.bfloat16) else torch.bfloat16
 
 
+def load_vae(name):
+    """ComfyUI's VAE for a file (VAELoader's path); raises unless ComfyUI recognised it."""
+    import comfy.sd
+    import comfy.utils
+
+    vae = comfy.sd.VAE(sd=comfy.utils.load_torch_file(model_path("vae", name)))
+    vae.throw_exception_if_invalid()
+    return vae
+
+
 class ComfyEncoders:
     """The precompute encoders (wanid.train.precompute) on ComfyUI's VAE and umT5."""
 
     def __init__(self, vae_name, text_encoder_name, latent_format):
         import comfy.sd
-        import comfy.utils
 
-        self.vae = comfy.sd.VAE(sd=comfy.utils.load_torch_file(model_path("vae", vae_name)))
-        self.vae.throw_exception_if_invalid()
+        self.vae = load_vae(vae_name)
         self.clip = comfy.sd.load_clip(ckpt_paths=[model_path("text_encoders", text_encoder_name)],
                                        clip_type=comfy.sd.CLIPType.WAN)
         self.latent_format = latent_format

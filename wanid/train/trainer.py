@@ -13,7 +13,9 @@ one clip's activations at a time):
 Every random draw of step k comes from a generator seeded with (seed, k), and the data order from one seeded by
 (seed, epoch), so a resumed run reproduces an uninterrupted one exactly. The DiT is used as ComfyUI built it
 (its own modules, fp8/bf16 casting and offload); the LoRA rides on forward hooks (lora.py) and gradient
-checkpointing on ComfyUI's own per-block replace hook. This module does not import ComfyUI.
+checkpointing on ComfyUI's own per-block replace hook. Every DiT call (and a checkpointed block's recompute in the
+backward pass) runs inside host_mode, by default comfy_host.training_mode: ComfyUI's in_training flag, without
+which newer ComfyUI runs RoPE in a kernel that has no autograd. This module does not import ComfyUI.
 """
 import json
 import logging
@@ -28,6 +30,7 @@ from ..slot.checkpoint import SlotIDCheckpoint, load_checkpoint, save_checkpoint
 from ..slot.encoder import SlotEncoder
 from ..slot.tokenizer import normalize_times
 from ..tensor_file import load_tensor_file
+from .comfy_host import training_mode  # imports no ComfyUI; a no-op without a loaded ComfyUI
 from .dataset import pad_context, pad_reference
 from .lora import CrossAttnLoRA
 from .losses import (
@@ -71,11 +74,12 @@ class TrainConfig:
 
 class Trainer:
     def __init__(self, diffusion_model, init: SlotIDCheckpoint, train_set, val_set, config: TrainConfig, out_dir,
-                 device="cpu", backbone="", report=None, compute_dtype=None):
+                 device="cpu", backbone="", report=None, compute_dtype=None, host_mode=None):
         if not train_set:
             raise ValueError("no usable training example (every manifest row was skipped; see the messages above)")
         self.cfg = config
         self.dm = diffusion_model
+        self.host_mode = host_mode or training_mode  # a context manager factory around every DiT call
         self.device = torch.device(device)
         # activations: bf16 under --bf16, else what the host computes in (ComfyUI's manual-cast dtype)
         self.dtype = torch.bfloat16 if config.bf16 else (compute_dtype or torch.float32)
@@ -128,7 +132,9 @@ class Trainer:
             block = self.dm.blocks[i]
 
             def run(img, txt, vec, pe, options):
-                return block(img, e=vec, freqs=pe, context=txt, context_img_len=None, transformer_options=options)
+                with self.host_mode():  # also when the backward pass recomputes it, outside any train_step
+                    return block(img, e=vec, freqs=pe, context=txt, context_img_len=None,
+                                 transformer_options=options)
 
             def ckpt_block(args, extra):
                 # ComfyUI's per-block replace: the block is recomputed in the backward pass instead of keeping its
@@ -157,8 +163,9 @@ class Trainer:
 
     def velocity(self, x_t, sigma, context):
         """The DiT's prediction (float32) for x_t [1, C, F, H, W] at noise level sigma [1]."""
-        out = self.dm(x_t.to(self.dtype), (sigma * TIMESTEP_SCALE).to(self.device), context.to(self.dtype),
-                      transformer_options=self._block_options())
+        with self.host_mode():
+            out = self.dm(x_t.to(self.dtype), (sigma * TIMESTEP_SCALE).to(self.device), context.to(self.dtype),
+                          transformer_options=self._block_options())
         return out.float()
 
     def example_loss(self, example, reference, sigma, noise, use_face):
@@ -199,6 +206,10 @@ class Trainer:
     # -------------------------------------------------------------------------------------------- steps
     def train_step(self):
         """One optimizer step (self.step + 1). Returns the mean loss of its examples."""
+        with self.host_mode():  # forward and backward
+            return self._train_step()
+
+    def _train_step(self):
         step = self.step + 1
         gen = torch.Generator().manual_seed(self.cfg.seed * 7_919 + step * 104_729 + 1)
         for group in self.opt.param_groups:
@@ -239,13 +250,16 @@ class Trainer:
         self.encoder.eval()
         sigmas = validation_sigmas(self.cfg.val_sigmas, self.cfg.shift)
         losses = []
-        for i, example in enumerate(examples):
-            gen = torch.Generator().manual_seed(self.cfg.seed + 31 * i + 17)
-            for s in sigmas:
-                noise = torch.randn(example.latent_shape, generator=gen)[None]
-                losses.append(float(self.example_loss(example, example.tensors, s.reshape(1), noise,
-                                                      torch.zeros(1, dtype=torch.bool))))
-        self.encoder.train(was)
+        try:
+            with self.host_mode():  # the numerics training sees
+                for i, example in enumerate(examples):
+                    gen = torch.Generator().manual_seed(self.cfg.seed + 31 * i + 17)
+                    for s in sigmas:
+                        noise = torch.randn(example.latent_shape, generator=gen)[None]
+                        losses.append(float(self.example_loss(example, example.tensors, s.reshape(1), noise,
+                                                              torch.zeros(1, dtype=torch.bool))))
+        finally:
+            self.encoder.train(was)
         return sum(losses) / len(losses)
 
     # -------------------------------------------------------------------------------------------- checkpoints
