@@ -178,10 +178,24 @@ def open_page(server, **size):
         browser.wait_for(f"{APP}?.graph && {APP}.extensions?.length > 0 && "
                          "!!window.LiteGraph?.registered_node_types?.WanIDIdentityScore", timeout=120,
                          what="the ComfyUI page with the pack's nodes")
+        wait_for_startup_graph(browser)
     except BaseException:
         browser.close()
         raise
     return browser
+
+
+def wait_for_startup_graph(browser, timeout=60):
+    """Wait until the editor has loaded its startup workflow (a fresh user's default graph) and stopped changing:
+    newer front-ends (1.49) load it after the app object exists, and a graph loaded before that is replaced."""
+    deadline = time.monotonic() + timeout
+    count = browser.wait_for(f"{APP}.graph?._nodes?.length", timeout=timeout, what="the startup workflow")
+    while time.monotonic() < deadline:
+        time.sleep(1.0)
+        now = browser.evaluate(f"{APP}.graph?._nodes?.length ?? 0")
+        if now == count:
+            return
+        count = now
 
 
 def keep(path, tmp_path):
@@ -285,7 +299,7 @@ def _upload_inputs(server, tmp):
 
 
 def test_identity_score_preview_and_mean_appear_on_the_node(server, page, tmp_path):
-    from wanid.face.detect import find_recognition_model
+    from wanid.face.model_files import find_recognition_model
     from test_identity_score import write_arcface
 
     if find_recognition_model(str(server.models_dir / "insightface")) is None:

@@ -24,6 +24,8 @@ import pytest
 from comfy_server import comfy_server  # noqa: F401  (fixture, used by test_frontend's `server`)
 from test_frontend import APP, CHROMIUM, NO_CHROMIUM, keep, open_page, server  # noqa: F401  (server is a fixture)
 
+from wanid.cli.templates import FILE_INPUTS
+
 REPO = Path(__file__).resolve().parents[1]
 FOLDER = REPO / "workflows"
 WORKFLOWS = sorted(FOLDER.glob("*.json"))
@@ -62,8 +64,11 @@ def load(page, path):
     loaded = page.evaluate("""(async () => { const app = %s;
         await app.loadGraphData(%s, true, false, "%s",
                                 {showMissingNodesDialog: false, showMissingModelsDialog: false});
+        const values = w => { const v = w.options?.values; return typeof v === "function" ? v() : v; };
         return app.graph._nodes.map(n => ({id: n.id, type: n.type,
-            registered: !!LiteGraph.registered_node_types[n.type], errors: !!n.has_errors})); })()"""
+            registered: !!LiteGraph.registered_node_types[n.type], errors: !!n.has_errors,
+            absent: (n.widgets ?? []).filter(w => Array.isArray(values(w)) && !values(w).includes(w.value))
+                                     .map(w => w.name)})); })()"""
                            % (APP, json.dumps(workflow), path.stem))
     return workflow, loaded
 
@@ -167,15 +172,20 @@ def test_readme_picture(page, tmp_path):
 def test_example_workflow_loads_in_the_frontend_and_has_a_thumbnail(page, path, tmp_path):
     workflow, loaded = load(page, path)
     assert len(loaded) == len(workflow["nodes"])
-    assert sorted((n["id"], n["type"]) for n in loaded) == sorted((n["id"], n["type"]) for n in workflow["nodes"])
-    missing = [n for n in loaded if not n["registered"] or n["errors"]]
+    # node ids compared as text: front-end 1.49 keeps them as strings ("12"), older ones as the file's numbers
+    assert sorted((str(n["id"]), n["type"]) for n in loaded) == sorted(
+        (str(n["id"]), n["type"]) for n in workflow["nodes"])
+    # front-end 1.49 also marks a node whose model or input file is not installed (none are, on the test server):
+    # an error is allowed only on a node with such a file input
+    missing = [n for n in loaded if not n["registered"] or n["errors"] and not set(n["absent"]) & FILE_INPUTS]
     assert not missing, f"nodes the front-end does not know (red 'missing node' boxes): {missing}"
     # every link of the file is wired in the page (a renamed input or output would drop its link)
     links = page.evaluate("""(() => { const g = %s.graph; const out = [];
         const all = g.links instanceof Map ? [...g.links.values()] : Object.values(g.links ?? {});
         for (const l of all) if (l) out.push([l.origin_id, l.origin_slot, l.target_id, l.target_slot]);
         return out; })()""" % APP)
-    assert sorted(links) == sorted([l[1], l[2], l[3], l[4]] for l in workflow["links"])
+    assert sorted([str(a), i, str(b), j] for a, i, b, j in links) == sorted(
+        [str(l[1]), l[2], str(l[3]), l[4]] for l in workflow["links"])
     # the layout of wanid/cli/templates.py (tidy): no node, title or badge drawn over another
     boxes = page.evaluate(BOXES)
     assert any(b["badges"] for b in boxes.values()), "the pack's source badges are not drawn: check the box"

@@ -102,6 +102,43 @@ def test_prompts_and_reference_reach_the_right_nodes():
         assert api[clips[0]]["inputs"]["video"] == "mine.mp4"
 
 
+# A made-up node with a dynamic combo (as newer ComfyUI sends SaveVideo's codec) and one of wf.ADDED_INPUTS.
+DYN = {"Enc": {"input": {"required": {
+    "mode": ["COMFY_DYNAMICCOMBO_V3", {"options": [
+        {"key": "plain", "inputs": {"required": {}}},
+        {"key": "tuned", "inputs": {"required": {"q": ["INT", {"default": 5, "min": 0, "max": 9}]},
+                                    "optional": {"extra": ["COMFY_DYNAMICCOMBO_V3", {"options": [
+                                        {"key": "off", "inputs": {"required": {}}},
+                                        {"key": "on", "inputs": {"required": {"k": ["FLOAT", {"default": 1.5}]}}},
+                                    ]}]}}}]}],
+    "name": ["STRING", {"default": "x"}]}}, "input_order": {"required": ["mode", "name"]}, "output": []},
+    "CreateVideo": {"input": {"required": {"fps": ["FLOAT", {"default": 30.0}]}}, "output": ["VIDEO"]}}
+
+
+def test_dynamic_combo_inputs_are_named_and_ordered_as_the_server_expands_them():
+    names = lambda inputs: [(n, r) for n, _, r in wf.input_specs(DYN["Enc"], inputs)]  # noqa: E731
+    assert names({}) == [("mode", True), ("name", True)]  # the default option, "plain", has no inputs
+    assert names({"mode": "tuned"}) == [("mode", True), ("mode.q", True), ("mode.extra", False), ("name", True)]
+    assert names({"mode": "tuned", "mode.extra": "on"})[3] == ("mode.extra.k", True)
+    api = {"1": {"class_type": "Enc", "inputs": {"mode": "tuned"}}}
+    full = {"mode": "tuned", "mode.q": 5, "mode.extra": "off", "name": "x"}  # optional widgets too, as Export does
+    assert wf.complete_api(api, DYN)["1"]["inputs"] == full
+    ui = wf.api_to_ui(wf.complete_api(api, DYN), DYN)
+    assert ui["nodes"][0]["widgets_values"] == ["tuned", 5, "off", "x"]
+    assert wf.ui_to_api(ui, DYN)["1"]["inputs"] == full
+
+
+def test_for_server_leaves_out_only_the_added_inputs_an_older_server_lacks():
+    api = {"1": {"class_type": "CreateVideo", "inputs": {"fps": 16.0, "bit_depth": 8, "typo": 1}},
+           "2": {"class_type": "Enc", "inputs": {"mode": "plain", "name": "y", "bit_depth": 8}}}
+    served = wf.for_server(api, DYN)
+    assert served["1"]["inputs"] == {"fps": 16.0, "typo": 1} and served["2"] == api["2"]
+    assert wf.missing_added_inputs(api, DYN) == ["CreateVideo.bit_depth"]
+    newer = copy.deepcopy(DYN)
+    newer["CreateVideo"]["input"]["optional"] = {"bit_depth": ["INT", {"default": 8}]}
+    assert wf.for_server(api, newer) == api and wf.missing_added_inputs(api, newer) == []
+
+
 # ---- against a real server
 
 @pytest.fixture(scope="module")
@@ -119,7 +156,7 @@ def check_against_object_info(api, info):
         if schema is None:
             problems.append(f"{where}: not on the server")
             continue
-        specs = {name: (spec, req) for name, spec, req in wf.input_specs(schema)}
+        specs = {name: (spec, req) for name, spec, req in wf.input_specs(schema, node["inputs"])}
         for name in node["inputs"]:
             if name not in specs:
                 problems.append(f"{where}: unknown input {name!r}")
@@ -155,7 +192,7 @@ def check_against_object_info(api, info):
                     problems.append(f"{where}.{name}: {value} is off the step-{opts['step']} grid")
             elif t == "STRING" and not isinstance(value, str) or t == "BOOLEAN" and not isinstance(value, bool):
                 problems.append(f"{where}.{name}: {value!r} is not {t}")
-            elif t == "COMBO":
+            elif t in ("COMBO", wf.DYNAMIC_COMBO):
                 if not isinstance(value, str):
                     problems.append(f"{where}.{name}: {value!r} is not a string")
                 elif value not in wf.combo_values(spec) and name not in templates.FILE_INPUTS:
@@ -168,9 +205,18 @@ def check_against_object_info(api, info):
 @pytest.mark.integration
 @pytest.mark.parametrize("name", NAMES)
 def test_api_workflow_fits_the_servers_object_info(object_info, name):
+    """On the newest supported ComfyUI the file fits as it is; an older one lacks only wf.ADDED_INPUTS (which it
+    ignores: the tiny variants below run there with them), and the rest fits it exactly."""
     api = load(name)
-    assert check_against_object_info(api, object_info) == []
-    assert wf.complete_api(api, object_info) == api, "every widget input is written (as Export (API) does)"
+    served = wf.for_server(api, object_info)
+    dropped = {(n["class_type"], k) for nid, n in api.items() for k in n["inputs"] if k not in served[nid]["inputs"]}
+    assert all(k in wf.ADDED_INPUTS[ct] for ct, k in dropped)
+    if dropped:
+        assert wf.missing_added_inputs(api, object_info)  # only a server older than the files' target drops any
+        assert {p.split(": ", 1)[1] for p in check_against_object_info(api, object_info)} == {
+            f"unknown input {k!r}" for _, k in dropped}  # the checker does see them
+    assert check_against_object_info(served, object_info) == []
+    assert wf.complete_api(served, object_info) == served, "every widget input is written (as Export (API) does)"
 
 
 @pytest.mark.integration
@@ -187,6 +233,20 @@ def test_the_checker_catches_what_it_should(object_info):
     for expected in ("steps: 0 outside", "cfg: '5' is not FLOAT", "'nope' not in", "unknown input 'bogus'",
                      "takes MODEL, gets VAE", "'seed' missing", "length: 80 is off the step-4 grid"):
         assert expected in text
+    save = wf.nodes_of(api, "SaveVideo")[0]
+    codec = {n: spec for n, spec, _ in wf.input_specs(object_info["SaveVideo"])}["codec"]
+    bad = copy.deepcopy(api)
+    bad[save]["inputs"]["codec"] = "h265"
+    assert f"node {save} (SaveVideo).codec: 'h265' not in" in "\n".join(check_against_object_info(bad, object_info))
+    if wf.spec_type(codec) == wf.DYNAMIC_COMBO:  # newer ComfyUI: the chosen codec's own inputs, "codec.<input>"
+        bad[save]["inputs"].update({"codec": "h264", "codec.encoding": "re-encode", "codec.encoding.crf": 99.0})
+        text = "\n".join(check_against_object_info(bad, object_info))
+        assert "codec.encoding.crf: 99.0 outside [0.0, 51.0]" in text
+        del bad[save]["inputs"]["codec.encoding.crf"]
+        text = "\n".join(check_against_object_info(bad, object_info))
+        assert "required input 'codec.encoding.crf' missing" in text
+        bad[save]["inputs"]["codec"] = "auto"  # auto has no inputs: the ones of h264 are now unknown
+        assert "unknown input 'codec.encoding'" in "\n".join(check_against_object_info(bad, object_info))
 
 
 @pytest.mark.integration
@@ -195,7 +255,7 @@ def test_ui_twins_agree_with_the_api_files(object_info, tmp_path):
     queue it is the API file; and the UI files are exactly what templates.py generates from the API graphs."""
     for name in NAMES:
         ui, api = load(name, api=False), load(name)
-        assert wf.ui_to_api(ui, object_info) == api, name
+        assert wf.ui_to_api(ui, object_info) == wf.for_server(api, object_info), name
         notes = [n for n in ui["nodes"] if n["type"] in wf.UI_ONLY_TYPES]
         assert [n["type"] for n in notes] == ["MarkdownNote"] and "models" in notes[0]["widgets_values"][0].lower()
         ids = [n["id"] for n in ui["nodes"]]
@@ -206,6 +266,12 @@ def test_ui_twins_agree_with_the_api_files(object_info, tmp_path):
             out = next(n for n in ui["nodes"] if n["id"] == src)["outputs"][src_slot]
             inp = next(n for n in ui["nodes"] if n["id"] == dst)["inputs"][dst_slot]
             assert lid in out["links"] and inp["link"] == lid and out["type"] == ltype
+    missing = wf.missing_added_inputs(load("standin_wan21_t2v_14b"), object_info)
+    if missing:  # an older ComfyUI than the files are written for: the generator refuses it
+        with pytest.raises(wf.WorkflowError, match=f"lacks {missing[0]}.*ComfyUI {templates.NEWEST_COMFYUI}"):
+            templates.write_all(object_info, folder=tmp_path)
+        assert not list(tmp_path.iterdir())
+        return
     regenerated = templates.write_all(object_info, folder=tmp_path)
     for path in regenerated:
         shipped = FOLDER / path.relative_to(tmp_path)
@@ -373,7 +439,7 @@ def test_tiny_slot_variant_runs_end_to_end(slot_server, name):
 def editor(comfy_server):
     import requests
 
-    from test_frontend import APP, CHROMIUM, NO_CHROMIUM, Browser
+    from test_frontend import APP, CHROMIUM, NO_CHROMIUM, Browser, wait_for_startup_graph
 
     if CHROMIUM is None:
         pytest.skip(NO_CHROMIUM)
@@ -383,6 +449,7 @@ def editor(comfy_server):
         browser.goto(comfy_server.url)
         browser.wait_for(f"{APP}?.graph && !!window.LiteGraph?.registered_node_types?.WanIDFaceCropParse",
                          timeout=120, what="the ComfyUI page with the pack's nodes")
+        wait_for_startup_graph(browser)
         browser.app = APP
         yield browser
     finally:
@@ -403,4 +470,4 @@ def test_editor_opens_the_template_and_queues_its_api_twin(editor, object_info, 
     for node in output.values():
         known = {n for n, _, _ in wf.input_specs(object_info[node["class_type"]])}
         node["inputs"] = {k: v for k, v in node["inputs"].items() if k in known}
-    assert output == load(name)
+    assert output == wf.for_server(load(name), object_info)

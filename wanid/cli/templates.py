@@ -52,6 +52,8 @@ WIDTH, HEIGHT, LENGTH, STEPS, CFG, SHIFT, FPS = 832, 480, 81, 20, 5.0, 5.0, 16.0
 # Wan 2.2 A14B as ComfyUI's own template runs it: high-noise expert steps 0-10, low-noise 10-20.
 CFG_22, SHIFT_22, SWITCH_22 = 3.5, 8.0, 10
 SEED = 42
+# The files are generated against this ComfyUI (and tested on it and on OLDEST_COMFYUI).
+NEWEST_COMFYUI, OLDEST_COMFYUI = "0.33.0", "0.3.64"
 
 
 class Graph:
@@ -102,7 +104,8 @@ def _ksampler(g, model, positive, negative, latent, cfg=CFG):
 
 
 def _latent(g):
-    return g.add("EmptyHunyuanLatentVideo", None, width=WIDTH, height=HEIGHT, length=LENGTH, batch_size=1)
+    # titled: its display name differs between ComfyUI versions, and the editor queues a node's title
+    return g.add("EmptyHunyuanLatentVideo", "Empty Latent Video", width=WIDTH, height=HEIGHT, length=LENGTH, batch_size=1)
 
 
 def _standin(g, model, name, face, vae, title):
@@ -304,11 +307,18 @@ def tidy(ui):
 
 
 def write_all(object_info, folder=FOLDER):
+    """Both twins of every workflow, from the node schemas of a server running the newest supported ComfyUI
+    (an older one is refused: the files must carry the inputs newer versions added, see wf.ADDED_INPUTS)."""
     folder = Path(folder)
+    apis = {name: wf.complete_api(build(), object_info) for name, (build, _) in WORKFLOWS.items()}
+    missing = sorted({m for api in apis.values() for m in wf.missing_added_inputs(api, object_info)})
+    if missing:
+        raise wf.WorkflowError(f"this server lacks {', '.join(missing)}: its ComfyUI is older than the one the "
+                               f"workflows are written for; run against ComfyUI {NEWEST_COMFYUI} or newer")
     (folder / "api").mkdir(parents=True, exist_ok=True)
     written = []
     for name, (build, notes) in WORKFLOWS.items():
-        api = wf.complete_api(build(), object_info)
+        api = apis[name]
         ui = tidy(wf.api_to_ui(api, object_info, notes=notes))
         for path, data in ((folder / "api" / f"{name}.json", api), (folder / f"{name}.json", ui)):
             path.write_text(dump(data), encoding="utf-8")

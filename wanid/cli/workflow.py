@@ -12,7 +12,14 @@ Converting needs the node schemas, i.e. a server's GET /object_info. Standard li
 import copy
 import json
 
-WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
+# A V3 dynamic combo (SaveVideo's `codec` from ComfyUI ~0.2x on): a combo whose chosen option brings its own
+# inputs, sent in the API prompt as "<combo>.<input>" keys ("codec": "h264", "codec.encoding": "re-encode", ...).
+DYNAMIC_COMBO = "COMFY_DYNAMICCOMBO_V3"
+WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO", DYNAMIC_COMBO}
+# Inputs that ComfyUI versions newer than the oldest supported one (0.3.64) added to core nodes. The shipped
+# files are written for the newest supported ComfyUI and carry them; an older server ignores inputs a node does
+# not declare (execution drops them), and for_server() leaves them out as that server's editor would.
+ADDED_INPUTS = {"CreateVideo": {"bit_depth"}}
 # Editor-only nodes: never part of an API prompt.
 UI_ONLY_TYPES = {"Note", "MarkdownNote", "Reroute", "PrimitiveNode"}
 MODE_MUTED, MODE_BYPASS = 2, 4
@@ -24,14 +31,31 @@ class WorkflowError(ValueError):
 
 # ---- schemas (one node's entry of /object_info)
 
-def input_specs(schema):
-    """[(name, spec, required)] in the order the editor shows them: required inputs, then optional ones."""
+def input_specs(schema, inputs=None):
+    """[(name, spec, required)] in the order the editor shows them: required inputs, then optional ones. A dynamic
+    combo is followed by the inputs of its chosen option (the value in `inputs`, else its default), named
+    "<combo>.<input>" as the API prompt names them."""
     found = []
     order = schema.get("input_order") or {}
     for section, required in (("required", True), ("optional", False)):
         specs = schema.get("input", {}).get(section) or {}
         names = order.get(section) or list(specs)
-        found += [(name, specs[name], required) for name in names if name in specs]
+        for name in names:
+            if name in specs:
+                found += _with_dynamic(name, specs[name], required, inputs or {})
+    return found
+
+
+def _with_dynamic(name, spec, required, inputs):
+    found = [(name, spec, required)]
+    if spec_type(spec) != DYNAMIC_COMBO or not (name in inputs or required):
+        return found
+    value = inputs.get(name, default_value(spec))
+    for option in spec_options(spec).get("options", []):
+        if option.get("key") == value:  # as the server expands it: each input required as its own section says
+            for section, sub_required in (("required", True), ("optional", False)):
+                for sub, sub_spec in ((option.get("inputs") or {}).get(section) or {}).items():
+                    found += _with_dynamic(f"{name}.{sub}", sub_spec, sub_required, inputs)
     return found
 
 
@@ -47,6 +71,8 @@ def spec_options(spec):
 
 def combo_values(spec):
     t = spec[0]
+    if t == DYNAMIC_COMBO:
+        return [o["key"] for o in spec_options(spec).get("options", [])]
     return list(t) if isinstance(t, list) else list(spec_options(spec).get("options", []))
 
 
@@ -63,7 +89,7 @@ def default_value(spec):
     opts = spec_options(spec)
     if "default" in opts:
         return opts["default"]
-    if spec_type(spec) == "COMBO":
+    if spec_type(spec) in ("COMBO", DYNAMIC_COMBO):
         values = combo_values(spec)
         return values[0] if values else ""
     return {"INT": 0, "FLOAT": 0.0, "STRING": "", "BOOLEAN": False}.get(spec_type(spec))
@@ -100,11 +126,34 @@ def complete_api(api, object_info):
     api = copy.deepcopy(api)
     for nid, node in api.items():
         schema = _schema(object_info, node["class_type"], f"node {nid}")
-        for name, spec, _ in input_specs(schema):
+        index = 0
+        while index < len(specs := input_specs(schema, node["inputs"])):  # a combo's value may add inputs
+            name, spec, _ = specs[index]
+            index += 1
             if is_widget(spec) and name not in node["inputs"]:
                 node["inputs"][name] = default_value(spec)
         node.setdefault("_meta", {}).setdefault("title", schema.get("display_name") or node["class_type"])
     return api
+
+
+def for_server(api, object_info):
+    """`api` as this server takes it (and its editor would queue it): the ADDED_INPUTS its node schemas lack,
+    which it would ignore, left out. Any other input stays, known or not."""
+    api = copy.deepcopy(api)
+    for node in api.values():
+        known = {n for n, _, _ in input_specs(object_info.get(node["class_type"]) or {}, node["inputs"])}
+        for name in ADDED_INPUTS.get(node["class_type"], ()):
+            if name not in known:
+                node["inputs"].pop(name, None)
+    return api
+
+
+def missing_added_inputs(api, object_info):
+    """["CreateVideo.bit_depth", ...]: the ADDED_INPUTS of `api`'s node types that this server does not have
+    (it is older than the ComfyUI the files are written for)."""
+    return sorted(f"{ct}.{name}" for ct in {n["class_type"] for n in api.values()} & set(ADDED_INPUTS)
+                  for name in ADDED_INPUTS[ct]
+                  if ct in object_info and name not in {n for n, _, _ in input_specs(object_info[ct])})
 
 
 # ---- UI -> API
@@ -126,8 +175,10 @@ def ui_to_api(ui, object_info):
         schema = _schema(object_info, ntype, f"node {nid}")
         values = node.get("widgets_values") or []
         linked = {i["name"]: links[i["link"]] for i in node.get("inputs", []) if i.get("link") in links}
-        inputs, pos = {}, 0
-        for name, spec, _ in input_specs(schema):
+        inputs, pos, index = {}, 0, 0
+        while index < len(specs := input_specs(schema, inputs)):  # re-read: a dynamic combo's value adds inputs
+            name, spec, _ = specs[index]
+            index += 1
             if is_widget(spec):
                 if isinstance(values, dict):
                     value = values.get(name, default_value(spec))
@@ -193,7 +244,7 @@ def api_to_ui(api, object_info, notes=(), column_width=420, gap=40):
     links, outputs_links, ui_nodes = [], {}, []
     for nid in order:  # link ids in a stable order: by target node, then input order
         schema = _schema(object_info, api[nid]["class_type"], f"node {nid}")
-        for name, spec, _ in input_specs(schema):
+        for name, spec, _ in input_specs(schema, api[nid]["inputs"]):
             value = api[nid]["inputs"].get(name)
             if is_link(value):
                 src = str(value[0])
@@ -211,7 +262,7 @@ def api_to_ui(api, object_info, notes=(), column_width=420, gap=40):
         schema = object_info[node["class_type"]]
         inputs, widgets, multiline, n_extra = [], [], False, 0
         target_links = iter(by_target.get(nid, []))
-        for name, spec, required in input_specs(schema):
+        for name, spec, required in input_specs(schema, node["inputs"]):
             value = node["inputs"].get(name)
             if is_widget(spec):
                 multiline |= bool(spec_options(spec).get("multiline"))
