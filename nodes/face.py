@@ -9,8 +9,8 @@ import folder_paths
 from .v3 import io, ui
 
 from ..wanid.face import parsing
-from ..wanid.face.detect import PROVIDER_CHOICES, find_recognition_model, load_detector
-from ..wanid.face.embed import ArcFaceEmbedder
+from ..wanid.face.onnx_session import PROVIDER_CHOICES
+from ..wanid.face.tools import load_face_tools
 from ..wanid.face.pipeline import (FACE_CHOICES, NO_FACE_POLICIES, contact_sheet, process_clip,
                                    reference_embedding)
 from . import paths
@@ -34,20 +34,23 @@ def _parser_files():
 
 
 def detector_and_embedder(kind, provider):
-    """(detector, ArcFace embedder or None). The pack's own recognition model goes with its detector; with the
-    bundled RetinaFace (or a pack without one) any ArcFace model in models/insightface is used."""
+    """(detector, ArcFace embedder or None), chosen by the pack's one rule (wanid.face.tools.load_face_tools, also
+    what the dataset builder and the trainer use), the loaded models kept in this module's cache."""
     root = paths.model_dir("insightface")
-    det, pack = cached(("detector", kind, root, provider, _pack_stamp(root, kind)),
-                       lambda: load_detector(kind, root, provider))
-    if pack is not None and pack.recognition is not None:
-        path, name = pack.recognition, f"{pack.name}/{pack.recognition_file}"
-    else:
-        found = find_recognition_model(root)
-        if found is None:
-            return det, None
-        path, name = found[1], f"{found[0]}/{os.path.basename(found[1])}"
-    return det, cached(("arcface", path, os.stat(path).st_mtime_ns, provider),
-                       lambda: ArcFaceEmbedder(path, provider, name=name))
+
+    def keep(key, make):
+        stamp = _pack_stamp(root, kind) if key[0] == "detector" else _mtime(key[1])
+        return cached(key + (stamp,), make)
+
+    tools = load_face_tools(kind, root, provider, cache=keep)
+    return tools.detector, tools.embedder
+
+
+def _mtime(path):
+    try:
+        return os.stat(path).st_mtime_ns
+    except OSError:
+        return 0
 
 
 def _pack_stamp(root, kind):
@@ -145,10 +148,11 @@ class WanIDFaceCropParse(io.ComfyNode):
                                  f"{os.path.join(paths.model_dir('insightface'), 'models', '<name>')} and pick it "
                                  "as detector (the bundled RetinaFace has no recognition model)")
             ref = reference_embedding(similar_to, det, embedder)
-        pbar = comfy.utils.ProgressBar(images.shape[0])
+        frames = int(images.shape[0])
+        pbar = comfy.utils.ProgressBar(frames)
 
-        def progress(done, total):
-            pbar.update_absolute(done, total)
+        def progress(done, total):  # the pipeline counts steps (detect, parse, embed); the node shows frames
+            pbar.update_absolute(frames * done // max(total, 1), frames)
 
         clip, report = process_clip(images, det, embedder=embedder, parser=parser, label_set=label_set,
                                     normalization=normalization, fallback=fallback, face_choice=face_choice,

@@ -6,7 +6,7 @@ import torch
 import folder_paths
 from .v3 import io
 
-from ..wanid.video import VideoError, sample_frames, sample_from_images
+from ..wanid.video import VideoError, decode_errors, sample_frames, sample_from_images
 from .types import FrameTimes
 
 
@@ -130,7 +130,8 @@ class WanIDReferenceClipLoader(io.ComfyNode):
             if source is not None:
                 clip = sample_frames(source[0], trim=source[1], label="video_in", **window)
             else:
-                parts = video_in.get_components()
+                with decode_errors("video_in"):  # ComfyUI decodes this kind of VIDEO itself, with PyAV
+                    parts = video_in.get_components()
                 clip = sample_from_images(parts.images, fps=float(parts.frame_rate), label="video_in", **window)
         else:
             path = resolve_video_path(video)

@@ -15,6 +15,7 @@ import comfy.utils
 import folder_paths
 from .v3 import io, ui
 
+from ..wanid.errors import check_finite_numbers
 from ..wanid.slot.checkpoint import SlotIDCheckpoint, load_checkpoint
 from ..wanid.slot.encoder import IdentityTokens, clip_inputs
 from ..wanid.slot.routing_image import routing_image
@@ -81,6 +82,7 @@ class SlotIDLoader(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, slot_id_name, lora_strength=1.0) -> io.NodeOutput:
+        check_finite_numbers(lora_strength=(lora_strength, "-2 to 2; 1 = as trained, 0 = model unchanged"))
         slot = load_slot_id(slot_id_name)
         ckpt = slot.checkpoint
         dm = wan_model_of(model, "Slot-ID")
@@ -176,12 +178,20 @@ class SlotEncoder(io.ComfyNode):
 
 
 def prepend(conditioning, rows, name):
-    """Each entry [cond [B, L, C], opts] -> [cat(rows, cond) [B, n + L, C], opts]; a new list, inputs untouched."""
+    """Each entry [cond [B, L, C], opts] -> [cat(rows, cond) [B, n + L, C], opts]; a new list, inputs untouched.
+    An empty conditioning (the tokens would silently go nowhere) and entries of batch 0 (the sampler would divide
+    by zero) are refused."""
+    if not isinstance(conditioning, (list, tuple)) or len(conditioning) == 0:
+        raise ValueError(f"{name}: the conditioning is empty (no entries), so the identity tokens would go nowhere; "
+                         f"connect the {name} prompt's CLIP Text Encode output.")
     out = []
     for i, (cond, opts) in enumerate(conditioning):
         if cond.ndim != 3 or cond.shape[-1] != rows.shape[-1]:
             raise ValueError(f"{name}: entry {i} has shape {list(cond.shape)}; identity tokens are "
                              f"{rows.shape[-1]}-d rows for Wan's umT5 conditioning [B, L, {rows.shape[-1]}].")
+        if cond.shape[0] == 0 or cond.shape[1] == 0:
+            raise ValueError(f"{name}: entry {i} is empty (shape {list(cond.shape)}: no prompt in it); connect the "
+                             f"{name} prompt's CLIP Text Encode output.")
         extra = rows.to(device=cond.device, dtype=cond.dtype)[None].expand(cond.shape[0], -1, -1)
         out.append([torch.cat([extra, cond], dim=1), opts.copy()])
     return out
@@ -213,6 +223,7 @@ class IdentityTokenInject(io.ComfyNode):
     @classmethod
     def execute(cls, positive, negative, identity_tokens: IdentityTokens, strength=1.0,
                 pad_negative=True) -> io.NodeOutput:
+        check_finite_numbers(strength=(strength, "0 to 3; 1 = as trained, 0 = anchor tokens only"))
         rows = identity_tokens.scaled(strength)
         new_positive = prepend(positive, rows, "positive")
         if pad_negative:

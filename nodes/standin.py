@@ -1,13 +1,14 @@
 """RestrictedAttnPatch: Stand-In's reference branch on ComfyUI's native Wan model."""
 import os
 
-
 import folder_paths
 from .v3 import io
 
+from ..wanid.errors import check_finite, check_finite_numbers
 from ..wanid.standin.checkpoint import load_standin
 from .cache import LoadedCache, file_key
 from .standin_patch import apply_standin, check_model
+from .wan import wan_model_of
 
 _weights = LoadedCache(2)  # two entries hold the Wan 2.2 high/low pair
 
@@ -21,8 +22,20 @@ def load_weights_cached(name):
     return _weights.get(file_key(path), lambda: load_standin(path))
 
 
+def check_channels(samples, channels, name):
+    """The latent's channel count against the model's, before anything (process_latent_in) reads it."""
+    if samples.shape[1] != channels:
+        kind = {4: " (an SD 1.x/SDXL latent)", 16: " (a Wan 2.1 latent)", 48: " (a Wan 2.2 5B latent)"}
+        raise ValueError(
+            f"{name}: a {samples.shape[1]}-channel latent{kind.get(samples.shape[1], '')}, but this model takes "
+            f"{channels} channels. Encode the face crop with the Wan 2.1 VAE (wan_2.1_vae.safetensors, 16 "
+            "channels): Stand-In needs a Wan 2.1 14B / 2.2 A14B text-to-video model and its VAE.")
+
+
 def reference_latent_of(model, reference_image=None, vae=None, reference_latent=None):
-    """The reference as the DiT sees it: a Wan latent [1, C, 1, h, w] in the normalised space."""
+    """The reference as the DiT sees it: a Wan latent [1, C, 1, h, w] in the normalised space. The channel count
+    and the values are checked before the model's latent format reads them."""
+    channels = wan_model_of(model, "RestrictedAttnPatch").patch_embedding.in_channels
     if reference_latent is not None:
         samples = reference_latent["samples"]
         if samples.ndim == 4:
@@ -30,6 +43,12 @@ def reference_latent_of(model, reference_image=None, vae=None, reference_latent=
         if samples.ndim != 5 or samples.shape[0] != 1 or samples.shape[2] != 1:
             raise ValueError(f"reference_latent: expected one encoded image [1, C, 1, h, w], got {list(samples.shape)}. "
                              "Encode the 512x512 face crop alone with VAE Encode.")
+        if not samples.is_floating_point():
+            raise ValueError(f"reference_latent: holds {str(samples.dtype).replace('torch.', '')} values, not a "
+                             "latent; encode the face crop with VAE Encode.")
+        check_channels(samples, channels, "reference_latent")
+        check_finite(samples, "reference_latent", "it is not a usable latent; encode the face crop again with "
+                                                  "VAE Encode (and check the VAE file)")
     elif reference_image is not None:
         if reference_image.shape[0] != 1:
             raise ValueError(f"reference_image: got {reference_image.shape[0]} images; give one (FaceCrop/Parse's "
@@ -40,9 +59,12 @@ def reference_latent_of(model, reference_image=None, vae=None, reference_latent=
                              "background face crop (FaceCrop/Parse's anchor output).")
         if vae is None:
             raise ValueError("vae: connect the Wan VAE so the reference_image can be encoded (or give reference_latent).")
+        check_finite(reference_image, "reference_image", "give the face crop from Face Crop / Parse's anchor")
         samples = vae.encode(reference_image[..., :3])
         if samples.ndim == 4:
             samples = samples.unsqueeze(2)
+        check_channels(samples, channels, "vae (the encoded reference_image)")
+        check_finite(samples, "vae: the encoded reference_image", "check the VAE file (use wan_2.1_vae.safetensors)")
     else:
         raise ValueError("reference_image: connect the face crop (and the VAE), or a reference_latent.")
     return model.model.process_latent_in(samples[:, :, :1].float())
@@ -74,6 +96,7 @@ class RestrictedAttnPatch(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, standin_name, strength, reference_image=None, vae=None, reference_latent=None):
+        check_finite_numbers(strength=(strength, "0 to 3; 1 = official Stand-In, 0 = off"))
         weights = load_weights_cached(standin_name)
         check_model(model, weights)  # before the VAE runs: a wrong model or file fails at once
         latent = reference_latent_of(model, reference_image, vae, reference_latent)

@@ -3,7 +3,9 @@
 Plain Python (no ComfyUI): the node gathers the host's facts (ComfyUI version, whether Stand-In's hooks exist, the
 model folders and their files) and passes them in; the package and model-file probes are here. Every probe is
 guarded, so one that fails becomes a WARN line instead of an exception: a setup check must never crash on the very
-setup problems it is there to find. Model files are read header-only (shapes, metadata), never loaded.
+setup problems it is there to find. Stand-In files go through the node's own loader (a torch file's storages
+mapped, not read), so the report says OK exactly for the files the node accepts; other model files are read
+header-only (shapes, metadata).
 """
 import importlib
 import importlib.metadata
@@ -11,6 +13,7 @@ import importlib.util
 import os
 from dataclasses import dataclass, field
 
+from .face.onnx_session import ACCELERATORS
 from .host_versions import MIN_SUPPORTED, classify
 
 OK, MISSING, WARN = "OK", "MISSING", "WARN"
@@ -19,7 +22,6 @@ OK, MISSING, WARN = "OK", "MISSING", "WARN"
 ORT_DISTRIBUTIONS = ("onnxruntime", "onnxruntime-gpu", "onnxruntime-directml", "onnxruntime-rocm",
                      "onnxruntime-openvino", "onnxruntime-silicon", "onnxruntime-qnn")
 ORT_REINSTALL = "pip uninstall onnxruntime onnxruntime-gpu, then pip install onnxruntime-gpu"
-ACCELERATORS = ("CUDAExecutionProvider", "ROCMExecutionProvider", "CoreMLExecutionProvider")
 STANDIN_DOWNLOAD = ("Stand-In_wan2.1_T2V_14B.ckpt (Wan 2.2: Stand-In_wan2.2_T2V_A14B_high.ckpt + _low.ckpt) "
                     "from WeChatCV/Stand-In")
 PARSER_FILE = "parsing_bisenet.pth"
@@ -213,14 +215,11 @@ def provider_test_checks():
     and report the provider the session really got: onnxruntime falls back to the CPU quietly when the CUDA/cuDNN
     libraries do not load."""
     import numpy as np
-    import onnxruntime as ort
-    available = ort.get_available_providers()
-    asked = [p for p in ACCELERATORS if p in available] + ["CPUExecutionProvider"]
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(tiny_onnx_model(), sess_options=options, providers=asked)
+
+    from .face.onnx_session import make_session, provider_list
+    asked = provider_list("auto")
+    session, used = make_session(tiny_onnx_model(), "auto")  # the face nodes' own session options
     session.run(None, {"x": np.ones((1, 4), np.float32)})
-    used = session.get_providers()[0]
     what = f"onnxruntime session test: runs on {used}"
     if used != asked[0]:
         return [Check(WARN, f"{what}, though {asked[0]} was asked for (its libraries did not load: CUDA/cuDNN "
@@ -243,7 +242,7 @@ def module_check(module, dist, purpose, fix):
 
 
 def retinaface_checks():
-    from .face.detect import bundled_retinaface_model
+    from .face.model_files import bundled_retinaface_model
     try:
         data = bundled_retinaface_model()
     except RuntimeError as e:  # its message names the package clash and the commands that fix it
@@ -294,34 +293,18 @@ def _safetensors_shapes(path):
 
 
 def standin_facts(path):
-    """StandInWeights of a file with meta tensors (shapes only), or None for a torch file that cannot be read
-    lazily. Raises StandInCheckpointError (or the reader's error) for a bad file."""
-    import torch
-
-    from .standin.checkpoint import StandInCheckpointError, parse_state_dict
-    name = os.path.basename(path)
+    """The StandInWeights the node would get: the node's own loader and validator (load_standin: readable, only
+    tensors, complete, consistent, finite), with a torch zip file's storages mapped rather than read. Raises its
+    StandInCheckpointError for any file the node would refuse."""
+    from .standin.checkpoint import StandInCheckpointError, load_standin
     if path.lower().endswith(".safetensors"):
         try:
-            shapes, metadata = _safetensors_shapes(path)
-        except Exception as e:  # noqa: BLE001 - not a safetensors file, truncated, ...
-            raise StandInCheckpointError(f"unreadable ({type(e).__name__}: {_first_line(e, 150)})") from e
+            metadata = _safetensors_shapes(path)[1]
+        except Exception:  # noqa: BLE001 - unreadable: the loader below words it
+            metadata = {}
         if metadata.get("format") == "slot-id":
             raise StandInCheckpointError("this is a Slot-ID checkpoint, not a Stand-In file: move it to models/slot_id")
-        raw = {k: torch.empty(s, device="meta") for k, s in shapes.items()}
-    else:
-        try:  # a torch zip file maps its storages lazily: only the pickled index is read
-            raw = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except Exception:  # noqa: BLE001 - legacy (non-zip) torch file: the node reads it in full when loading
-            return None
-
-        def meta(v):
-            if isinstance(v, torch.Tensor):
-                return torch.empty(v.shape, device="meta")
-            if isinstance(v, dict):
-                return {k: meta(x) for k, x in v.items()}
-            return v
-        raw = meta(raw)
-    return parse_state_dict(raw, name)
+    return load_standin(path, mmap=True)
 
 
 def standin_checks(host):
@@ -338,10 +321,6 @@ def standin_checks(host):
             msg = str(e).replace(f"Stand-In file {os.path.basename(path)}", "").strip(" :")
             out.append(Check(WARN, f"Stand-In {name} ({_size(path)}): {msg}",
                              f"download it again, or remove it from {os.path.dirname(path)}"))
-            continue
-        if w is None:
-            out.append(Check(OK, f"Stand-In {name} ({_size(path)}; old torch format, checked when loaded)"))
-            good = True
             continue
         fit = wan_of(w.dim, w.num_blocks)
         status = OK if fit.startswith("fits") else WARN
@@ -411,7 +390,8 @@ def face_parsing_checks(host):
 
 def insightface_checks(host):
     """(checks, detector pack found, ArcFace model found). The face nodes read the first insightface folder only."""
-    from .face.detect import PACK_NAMES, find_insightface_pack, find_recognition_model
+    from .face.model_files import PACK_NAMES, find_insightface_pack
+    from .face.tools import recognition_model
     folders = host.folders.get("insightface", ([], []))[0]
     root = folders[0] if folders else "ComfyUI/models/insightface"
     out, pack = [], None
@@ -434,9 +414,9 @@ def insightface_checks(host):
             fix = f"found {', '.join(elsewhere)}, but the face nodes read {root}: move the files; " + fix
         out.append(Check(MISSING, "insightface antelopev2 / buffalo_l: not found (optional for detection: the "
                                   "bundled RetinaFace is the fallback)", fix))
-    rec = find_recognition_model(root)
+    rec = recognition_model(pack, root)  # what the face nodes use with detector 'auto' (wanid.face.tools)
     if rec is not None:
-        out.append(Check(OK, f"ArcFace recognition model: {rec[0]}/{os.path.basename(rec[1])}"))
+        out.append(Check(OK, f"ArcFace recognition model: {rec[1]}"))
     else:
         out.append(Check(MISSING, "ArcFace recognition model: none (needed for face embeddings, most_similar and "
                                   "Identity Score)",

@@ -4,11 +4,17 @@ import os
 import torch
 
 
-def load_tensor_file(path):
+def load_tensor_file(path, mmap=False):
     """The contents of a .safetensors file, or of a torch file read with weights_only=True: only tensors and
     plain containers come out; a pickle that wants to build other objects raises instead of running."""
     path = os.fspath(path)
     if path.lower().endswith(".safetensors"):
         from safetensors.torch import load_file
         return load_file(path, device="cpu")
+    if mmap:
+        try:  # a torch zip file maps its storages; a legacy (non-zip) file cannot be mapped and is read
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as e:
+            if "mmap" not in str(e):
+                raise
     return torch.load(path, map_location="cpu", weights_only=True)

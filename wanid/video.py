@@ -12,6 +12,7 @@ Files are read in two passes: a demux-only scan that lists the window's frame ti
 (cheap), then a decode that seeks near each chosen frame, so a long clip costs about num_frames GOPs of decoding
 rather than the whole file. A trim window (ComfyUI's trimmed VIDEO) makes the clip that part of the file.
 """
+import contextlib
 import logging
 import math
 import os
@@ -20,6 +21,8 @@ from typing import NamedTuple
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from .errors import WanIDError, describe
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +38,35 @@ class Clip(NamedTuple):
     fps: float             # the source's frame rate (average rate for variable frame rate files)
 
 
-class VideoError(ValueError):
+class VideoError(WanIDError):
     """A video could not be used; the message names the input and what to do."""
+
+
+def _is_av_error(e):
+    """PyAV's own errors (av.error.FFmpegError and its kinds, av.error.EOFError included), by their module so
+    that PyAV is not imported here."""
+    return any(c.__module__.split(".")[0] == "av" for c in type(e).__mro__)
+
+
+@contextlib.contextmanager
+def decode_errors(label):
+    """Word PyAV's errors while a video is demuxed or decoded: the input, what went wrong, what to do.
+    Wraps every place frames are read (the file loader here, ComfyUI's own VIDEO decoding in the node)."""
+    try:
+        yield
+    except VideoError:
+        raise
+    except Exception as e:
+        if not _is_av_error(e) and not isinstance(e, EOFError):
+            raise
+        if isinstance(e, EOFError):
+            what = "the video ended before its frames could be read (it may hold no frames at all, or be cut short)"
+        else:
+            what = "the video data is damaged, so its frames cannot be decoded"
+        raise VideoError(
+            f"{label}: {what} ({describe(e, 160)}). The file is damaged or incomplete (a copy, upload or "
+            "recording cut short?): re-encode it (for example ffmpeg -i in.mp4 -c:v libx264 out.mp4), or choose "
+            "another file, or set start_time/duration to a part that plays.") from e
 
 
 def select_indices(n, num_frames, stride=0):
@@ -130,14 +160,15 @@ def _open(path, label):
         try:
             return av.open(path, "r")
         except av.error.FFmpegError as e:
-            raise VideoError(f"{label}: could not open it as a video ({e})") from e
+            raise VideoError(f"{label}: could not open it as a video ({describe(e, 160)}); the file may be empty, "
+                             "cut short or not a video: record or export it again") from e
     if not os.path.isfile(path):
         raise VideoError(f"{label}: file not found: {path}")
     try:
         return av.open(os.fspath(path), "r")
     except av.error.FFmpegError as e:
-        raise VideoError(f"{label}: could not open it as a video ({e}); choose a video file "
-                         "(mp4, webm, mov, mkv, avi, ...)") from e
+        raise VideoError(f"{label}: could not open it as a video ({describe(e, 160)}); the file may be empty, "
+                         "cut short or not a video: choose a video file (mp4, webm, mov, mkv, avi, ...)") from e
 
 
 def _video_stream(container, label):
@@ -285,6 +316,13 @@ def sample_frames(path, num_frames=16, start_time=0.0, duration=0.0, stride=0, m
     clip is then that part of the file: start_time/duration and the times count from its first frame.
     """
     label = label or (os.path.basename(os.fspath(path)) if isinstance(path, (str, os.PathLike)) else "video")
+    with decode_errors(label):
+        return _sample_frames(path, num_frames, start_time, duration, stride, max_side, max_scan_frames,
+                              max_frame_pixels, max_output_pixels, trim, label)
+
+
+def _sample_frames(path, num_frames, start_time, duration, stride, max_side, max_scan_frames, max_frame_pixels,
+                   max_output_pixels, trim, label):
     t0, t1 = _window(float(start_time), float(duration))
     select_indices(1, num_frames, stride)  # argument checks
     with _open(path, label) as container:

@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..errors import WanIDError
 from ..tensor_file import load_tensor_file
 
 PARSE_SIZE = 512
@@ -42,7 +43,7 @@ NORMALIZATION = {
 EXPECTED_FILE = "put facexlib's parsing_bisenet.pth in models/face_parsing"
 
 
-class FaceParsingError(ValueError):
+class FaceParsingError(WanIDError):
     """A parser file could not be used; the message names the file and what is expected."""
 
 

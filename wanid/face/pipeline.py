@@ -7,16 +7,18 @@ import cv2
 import numpy as np
 import torch
 
+from ..errors import WanIDError
 from ..face_clip import FaceClip
 from .anchor import anchor_scores
 from .crop import CROP_SIZE, apply_crop, crop_window
 from .detect import DETECTION_LADDER, Detections, detect_with_ladder
 
 FACE_CHOICES = ("largest", "index", "most_similar")
+SMALL_FACE_PX = 64  # a face box side below this is upscaled more than 5x into the 512 crop: warn
 NO_FACE_POLICIES = ("error", "skip", "whole_frame")
 
 
-class NoFaceError(RuntimeError):
+class NoFaceError(WanIDError, RuntimeError):
     """Frames without a usable face under on_no_face='error'; .frames lists their indices."""
 
     def __init__(self, message, frames):
@@ -39,6 +41,17 @@ class ClipReport:
     anchor_total: Optional[np.ndarray] = None               # per output frame
     anchor_frontality: Optional[np.ndarray] = None
     anchor_sharpness: Optional[np.ndarray] = None
+    small_faces: List[int] = field(default_factory=list)   # source frame indices whose face is < SMALL_FACE_PX
+    smallest_face: int = 0                                 # its side in frame pixels
+    smallest_upscale: float = 0.0                          # how much the crop enlarges that face
+
+    def warnings(self):
+        if not self.small_faces:
+            return []
+        return [f"WARNING: small face in frames {frame_ranges(self.small_faces)} (down to {self.smallest_face} px, "
+                f"under {SMALL_FACE_PX} px): the 512x512 crop enlarges it up to {self.smallest_upscale:.0f}x and "
+                "will look blurred or pixelated, which Stand-In and Slot-ID then copy. Use a closer or "
+                "higher-resolution reference (max_side 0 on the loader keeps the full resolution)."]
 
     def text(self):
         lines = [f"detector: {self.detector} on {self.provider}",
@@ -53,7 +66,7 @@ class ClipReport:
             lines.append(f"detection sizes used: {rungs}")
         lines.append(f"parser: {self.parser}")
         lines.append(f"embeddings: {self.embedder or 'none (no recognition model)'}")
-        return "\n".join(lines)
+        return "\n".join(lines + self.warnings())
 
 
 def frame_ranges(idx):
@@ -125,6 +138,9 @@ def process_clip(frames, detector, *, embedder=None, parser=None, label_set="off
                          "next to the detector in models/insightface) and the similar_to image")
     if frames.ndim != 4 or frames.shape[-1] < 3 or frames.shape[0] == 0:
         raise ValueError(f"images: expected a batch [T, H, W, 3], got {tuple(frames.shape)}")
+    if frames.shape[1] == 0 or frames.shape[2] == 0:
+        raise ValueError(f"images: the frames are {frames.shape[2]}x{frames.shape[1]} pixels (empty), so there is no "
+                         "face to find; connect the loaded clip or photo (check a crop or resize node in front of it)")
     t = frames.shape[0]
     times = torch.arange(t, dtype=torch.float32) / 25.0 if times is None else \
         torch.as_tensor(times, dtype=torch.float32).reshape(-1).cpu()
@@ -194,6 +210,11 @@ def process_clip(frames, detector, *, embedder=None, parser=None, label_set="off
             scores[j] = dets[i].scores[k]
             lm_frame[j] = dets[i].landmarks[k]
             lm_crop[j] = window.to_crop(lm_frame[j])
+            side = int(max(boxes[j, 2] - boxes[j, 0], boxes[j, 3] - boxes[j, 1]))
+            if side < SMALL_FACE_PX and not window.whole_frame:
+                report.small_faces.append(i)
+                if not report.smallest_face or side < report.smallest_face:
+                    report.smallest_face, report.smallest_upscale = max(side, 1), window.scale
     np.clip(crops, 0.0, 1.0, out=crops)
     crops_t = torch.from_numpy(crops)
 

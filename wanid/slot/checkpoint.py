@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..errors import WanIDError, check_finite, describe
 from .encoder import SlotEncoder, SlotIDConfig
 
 FORMAT = "slot-id"
@@ -35,7 +36,7 @@ BACKBONES = {
 DEFAULT_BACKBONE_FOR_DIM = {5120: "wan2.1-t2v-14b", 1536: "wan2.1-t2v-1.3b", 3072: "wan2.2-ti2v-5b"}
 
 
-class SlotIDCheckpointError(ValueError):
+class SlotIDCheckpointError(WanIDError):
     """A Slot-ID file that is not readable, not complete, or not consistent with its own config."""
 
 
@@ -126,8 +127,7 @@ def read_file(path):
             metadata = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as e:  # not a safetensors file, truncated, ...
-        raise SlotIDCheckpointError(f"Slot-ID file {name} is unreadable ({type(e).__name__}: "
-                                    f"{str(e).splitlines()[0][:200] if str(e) else ''}). Slot-ID checkpoints are "
+        raise SlotIDCheckpointError(f"Slot-ID file {name} is unreadable ({describe(e)}). Slot-ID checkpoints are "
                                     f".safetensors files; download or export it again.") from e
     return tensors, metadata
 
@@ -197,6 +197,11 @@ def parse_checkpoint(tensors, metadata, source="checkpoint"):
 
     def f32(d):
         return {k: (v.float() if v.is_floating_point() else v) for k, v in d.items()}
+
+    for part, tensors_ in (("encoder weights", encoder_state), ("LoRA", lora)):
+        check_finite(tensors_, f"Slot-ID {source}: {part}",
+                     "the file is damaged or was saved from a diverged training run; export it again from an "
+                     "earlier training step")
 
     return SlotIDCheckpoint(config=config, encoder_state=f32(encoder_state), lora=f32(lora), backbone=backbone,
                             dim=dim, num_blocks=num_blocks, source=source, metadata=dict(metadata))

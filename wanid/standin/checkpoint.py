@@ -10,13 +10,14 @@ from dataclasses import dataclass
 
 import torch
 
+from ..errors import WanIDError, check_finite, describe
 from ..tensor_file import load_tensor_file
 
 KEY_RE = re.compile(r"^blocks\.(\d+)\.self_attn\.([qkv])_loras\.(down|up)\.weight$")
 PREFIXES = ("model.diffusion_model.", "diffusion_model.", "module.", "model.")
 
 
-class StandInCheckpointError(ValueError):
+class StandInCheckpointError(WanIDError):
     pass
 
 
@@ -48,17 +49,23 @@ def _natural(key):
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", key)]
 
 
-def read_tensors(path):
-    """The tensor dict of a .safetensors or torch file, never unpickling arbitrary objects."""
+def read_tensors(path, mmap=False):
+    """The tensor dict of a .safetensors or torch file, never unpickling arbitrary objects. mmap: map a torch zip
+    file's storages instead of reading them (Setup Check; the node reads them, so a file replaced later cannot
+    pull pages away under a loaded model)."""
     name = os.path.basename(path)
     if not os.path.isfile(path):
         raise StandInCheckpointError(f"Stand-In file not found: {path}. Put the official .ckpt in models/stand_in.")
+    if os.path.getsize(path) == 0:
+        raise StandInCheckpointError(
+            f"Stand-In file {name} is empty (0 bytes): a download or copy that did not finish. "
+            f"Download it again (Stand-In_wan2.1_T2V_14B.ckpt, or the Wan 2.2 high/low pair).")
     try:
-        return load_tensor_file(path)
+        return load_tensor_file(path, mmap=mmap)
     except Exception as e:  # truncated zip, wrong format, or a pickle that wants to run code
         kind = "refused: it holds pickled code, not only tensors" if "weights_only" in str(e) else "unreadable"
         raise StandInCheckpointError(
-            f"Stand-In file {name} is {kind} ({type(e).__name__}: {str(e).splitlines()[0][:200]}). "
+            f"Stand-In file {name} is {kind} ({describe(e)}). "
             f"Download it again (Stand-In_wan2.1_T2V_14B.ckpt, or the Wan 2.2 high/low pair).") from e
 
 
@@ -80,6 +87,10 @@ def normalize_keys(raw, source):
                 f"This is not a Stand-In checkpoint.")
         if not isinstance(value, torch.Tensor):
             raise StandInCheckpointError(f"Stand-In file {source}: {key} is not a tensor.")
+        if not value.is_floating_point():
+            raise StandInCheckpointError(
+                f"Stand-In file {source}: {key} holds {str(value.dtype).replace('torch.', '')} numbers, not "
+                f"floating-point weights: this is not a Stand-In checkpoint (or a damaged export). Download it again.")
         out[short] = value.float()
     if not out:
         raise StandInCheckpointError(f"Stand-In file {source} holds no tensors.")
@@ -107,5 +118,11 @@ def parse_state_dict(sd, source="<memory>"):
     return weights
 
 
-def load_standin(path):
-    return parse_state_dict(read_tensors(path), os.path.basename(path))
+def load_standin(path, mmap=False):
+    """The one loader and validator of a Stand-In file (the node and Setup Check both use it): readable, only
+    tensors, complete, consistent shapes, floating point and finite."""
+    name = os.path.basename(path)
+    weights = parse_state_dict(read_tensors(path, mmap=mmap), name)
+    check_finite(weights.state_dict, f"Stand-In file {name}",
+                 "the file is damaged (or was saved from a diverged training run); download it again")
+    return weights
