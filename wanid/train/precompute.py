@@ -21,6 +21,7 @@ from typing import Optional
 import numpy as np
 import torch
 
+from ..face.tools import FaceTools
 from ..video import VideoError, resize_frames, sample_frames
 from .dataset import (CacheError, Example, ManifestError, entry_key, entry_path, load_entry, save_entry)
 
@@ -52,14 +53,6 @@ class PrecomputeSettings:
 
 class RowFailed(Exception):
     """A row that could not be precomputed; str() names the row and the reason."""
-
-
-@dataclass
-class FaceTools:
-    detector: object            # wanid.face.detect.Detector
-    embedder: object            # wanid.face.embed.ArcFaceEmbedder (required: the SlotEncoder reads ArcFace)
-    parser: Optional[object] = None  # wanid.face.parsing.FaceParser, or None for the landmark-ellipse fallback
-    name: str = ""
 
 
 def settings_key(settings: PrecomputeSettings, encoders_name, face_name):
