@@ -16,6 +16,7 @@ import folder_paths
 from .v3 import io, ui
 
 from ..wanid.errors import check_finite_numbers
+from ..wanid.slot import crop_latents
 from ..wanid.slot.checkpoint import SlotIDCheckpoint, load_checkpoint
 from ..wanid.slot.encoder import IdentityTokens, clip_inputs
 from ..wanid.slot.routing_image import routing_image
@@ -109,31 +110,15 @@ def apply_lora(model, ckpt, strength):
 
 
 def encode_crops(vae, crops, valid, channels):
-    """Each valid crop as a one-frame video (Wan's VAE reads a batch of images as time) -> normalised latents
-    [T, C, h, w]; invalid frames are zeros (they get no routing mass)."""
+    """The valid crops' normalised latents [T, C, h, w] (wanid.slot.crop_latents, what training caches too);
+    invalid frames are zeros."""
     latent_format = LATENT_FORMATS.get(channels)
     if latent_format is None:
         raise ValueError(f"slot_id: its config has latent_channels={channels}; Wan VAEs give 16 (Wan 2.1) or 48 "
                          f"(Wan 2.2). Use a checkpoint written for one of them.")
-    out = None
     pbar = comfy.utils.ProgressBar(int(valid.sum()))
-    for t in range(crops.shape[0]):
-        if not bool(valid[t]):
-            continue
-        lat = vae.encode(crops[t:t + 1, :, :, :3])
-        if lat.ndim == 4:  # [1, C, h, w] from an image VAE
-            lat = lat.unsqueeze(2)
-        if lat.ndim != 5 or lat.shape[1] != channels:
-            raise ValueError(f"vae: it encodes a crop to {list(lat.shape)}; this Slot-ID checkpoint expects "
-                             f"{channels}-channel Wan latents ({'Wan 2.1 VAE' if channels == 16 else 'Wan 2.2 VAE'}).")
-        lat = latent_format().process_in(lat[:, :, :1].float().cpu())[0, :, 0]
-        if not bool(torch.isfinite(lat).all()):
-            raise ValueError(f"vae: the latent of crop {t} is not finite (NaN/inf); check the VAE file.")
-        if out is None:
-            out = torch.zeros((crops.shape[0],) + tuple(lat.shape))
-        out[t] = lat
-        pbar.update(1)
-    return out
+    return crop_latents.encode_crops(vae.encode, latent_format().process_in, crops, valid, channels,
+                                     on_progress=lambda: pbar.update(1))
 
 
 class SlotEncoder(io.ComfyNode):

@@ -108,3 +108,27 @@ def test_comfy_encoders_on_comfyui_wan_vae(comfy_pack, tmp_path):
     # Wan's VAE is causal: the first latent frame of a video is its first frame alone
     torch.testing.assert_close(images[0], video[:, 0], atol=1e-3, rtol=1e-3)
     assert not torch.allclose(images[1], images[0])
+
+
+def test_training_and_the_slot_encoder_node_make_the_same_crop_latents(comfy_pack, tmp_path):
+    """Issue #11: the crops' latents come from one function (wanid.slot.crop_latents) for the Slot-ID Encoder node and
+    for training's cache, so the encoder reads the same numbers in both; invalid frames are zeros in the node, and
+    a VAE giving other latents is refused in both."""
+    import importlib
+
+    import comfy.latent_formats
+    import tiny_wan
+    from wanid.slot.crop_latents import CropLatentError
+    from wanid.train import comfy_host
+
+    slot_nodes = importlib.import_module(f"{comfy_pack.__name__}.nodes.slot_id")
+    path = tiny_wan.write_wan21_vae(tmp_path / "wan21_vae.safetensors", dtype=torch.bfloat16)
+    enc = comfy_host.ComfyEncoders.__new__(comfy_host.ComfyEncoders)
+    enc.vae, enc.latent_format = comfy_host.load_vae(str(path)), comfy.latent_formats.Wan21()
+    crops = torch.rand(3, 32, 32, 3, generator=torch.Generator().manual_seed(1))
+    trained = enc.encode_images(crops)
+    node = slot_nodes.encode_crops(enc.vae, crops, torch.tensor([True, False, True]), 16)
+    torch.testing.assert_close(node[[0, 2]], trained[[0, 2]], atol=0, rtol=0)
+    assert torch.all(node[1] == 0) and torch.isfinite(trained).all()
+    with pytest.raises(CropLatentError, match="48-channel"):
+        slot_nodes.encode_crops(enc.vae, crops, torch.ones(3, dtype=torch.bool), 48)

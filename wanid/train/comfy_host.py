@@ -118,9 +118,13 @@ class ComfyEncoders:
 
     @torch.no_grad()
     def encode_images(self, images):
-        # one image at a time: a batch would be read as one video and packed 4 frames per latent frame
-        out = [self.latent_format.process_in(self.vae.encode(img[None, ..., :3]))[0, :, 0] for img in images]
-        return torch.stack(out).float().cpu()
+        """The crops' latents as the Slot-ID Encoder node makes them (wanid.slot.crop_latents: one image at a time,
+        first latent frame, process_in, channel and finiteness checks)."""
+        from ..slot.crop_latents import encode_crops
+
+        valid = torch.ones(images.shape[0], dtype=torch.bool)
+        return encode_crops(self.vae.encode, self.latent_format.process_in, images, valid,
+                            self.latent_format.latent_channels)
 
     @torch.no_grad()
     def encode_text(self, caption):
