@@ -136,7 +136,8 @@ class WanIDReferenceClipLoader(io.ComfyNode):
         else:
             path = resolve_video_path(video)
             if not os.path.isfile(path):
-                raise VideoError(f"video: '{video}' is not in ComfyUI's input folder any more; upload it again "
+                raise VideoError(f"video: '{video}' is not in ComfyUI's input folder ({os.path.dirname(path)}); "
+                                 "upload it (the node's upload button, or --reference with python -m wanid queue) "
                                  "or pick another file")
             clip = sample_frames(path, label=f"video '{video}'", **window)
         frames = clip.frames

@@ -247,7 +247,7 @@ def test_paths_outside_the_input_folder_are_refused(node_module, input_dir, tmp_
             _run(loader, video=name, num_frames=2, start_time=0.0, duration=0.0, stride=0, max_side=0)
     assert loader.validate_inputs(video="carphone.mp4") is True
     assert loader.validate_inputs(video="carphone.mp4 [input]") is True
-    with pytest.raises(VideoError, match="not in ComfyUI's input folder any more"):
+    with pytest.raises(VideoError, match="not in ComfyUI's input folder"):
         _run(loader, video="gone.mp4", num_frames=2, start_time=0.0, duration=0.0, stride=0, max_side=0)
     with pytest.raises(VideoError, match="no file chosen"):
         _run(loader, video="", num_frames=2, start_time=0.0, duration=0.0, stride=0, max_side=0)

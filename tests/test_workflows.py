@@ -35,7 +35,7 @@ DOCUMENTED = {  # input -> the model file names the README documents
     "vae_name": {templates.WAN_VAE},
     "standin_name": {templates.STANDIN_21, templates.STANDIN_22_HIGH, templates.STANDIN_22_LOW},
     "slot_id_name": {templates.SLOT_ID},
-    "parser_model": {templates.BISENET},
+    "parser_model": {templates.NO_PARSER},  # BiSeNet is optional: the files run without it (the note names it)
 }
 
 
@@ -76,6 +76,20 @@ def test_model_file_names_are_the_documented_ones():
                     assert node["inputs"][key] in allowed, (name, nid, key)
                     seen.add(node["inputs"][key])
     assert seen == set().union(*DOCUMENTED.values())
+
+
+def test_optional_models_are_optional_in_the_workflows():
+    """The README calls BiSeNet optional: no shipped workflow names it (Face Crop / Parse runs without a parser);
+    every note says where it goes and how to use it. Face detection is 'auto' (the bundled RetinaFace without
+    antelopev2)."""
+    for name in NAMES:
+        api = load(name)
+        for node in api.values():
+            if node["class_type"] == "WanIDFaceCropParse":
+                assert node["inputs"]["parser_model"] == templates.NO_PARSER, name
+                assert node["inputs"]["detector"] == "auto", name
+        note = next(n for n in load(name, api=False)["nodes"] if n["type"] == "MarkdownNote")["widgets_values"][0]
+        assert templates.BISENET in note and "optional" in note and "parser_model" in note, name
 
 
 def test_prompts_and_reference_reach_the_right_nodes():

@@ -6,15 +6,23 @@
 Steps: load the workflow (API format; a UI workflow is converted with the server's node schemas), upload the
 reference (a video goes to every Reference Clip Loader, an image to LoadImage or, without one, into the clip
 loaders' `images` input), write the prompt into the positive text encoder (the node titled "Positive...", else
-the one feeding the samplers' positive input), apply --set and --seed, queue it, show the server's progress,
-download what the output nodes saved into --out.
+the one feeding the samplers' positive input), apply --set and --seed, check the workflow against the server
+(every --set input exists on its node; every input file and model file the workflow names is on the server or
+being uploaded), queue it, show the server's progress, download what the output nodes saved into --out (the
+current folder by default; a file already there is kept and the new one gets a free name, "-2", "-3"... added,
+unless --force). On --timeout or Ctrl-C the prompt is cancelled on the server: removed from the queue while it
+waits, interrupted while it runs (only this prompt: another one running is left alone).
 
 Exit status: 0 done; 1 the run failed on the server (its error message is printed), the server could not be
-reached, or --timeout passed; 2 bad arguments, or the server refused the workflow (its node_errors are printed;
-when only some outputs fail validation ComfyUI would run the rest: the command cancels it unless --allow-partial).
+reached, or --timeout passed (the prompt is cancelled); 2 bad arguments (a bad --server URL, a missing or
+unreadable workflow, an unknown --set input, a file the server does not have), or the server refused the
+workflow (its node_errors are printed; when only some outputs fail validation ComfyUI would run the rest: the
+command cancels it unless --allow-partial); 130 interrupted with Ctrl-C (the prompt is cancelled).
 Standard library only, plus websocket-client for live progress (without it the command polls and shows none).
 """
 import argparse
+import difflib
+import http.client
 import json
 import mimetypes
 import os
@@ -33,34 +41,94 @@ MODEL_INPUTS = {"unet_name", "clip_name", "vae_name", "ckpt_name", "lora_name", 
                 "parser_model"}
 
 
+EXIT_INTERRUPTED = 130
+# Model inputs -> the folder under ComfyUI/models their files go in (for the message when one is missing).
+MODEL_FOLDERS = {"unet_name": "diffusion_models", "clip_name": "text_encoders", "vae_name": "vae",
+                 "ckpt_name": "checkpoints", "lora_name": "loras", "standin_name": "stand_in",
+                 "slot_id_name": "slot_id", "parser_model": "face_parsing"}
+UPLOAD_KEYS = ("image_upload", "video_upload", "animated_image_upload", "audio_upload")
+# (node type, file input) -> inputs that, when connected, are used instead of the file (it is then not read)
+SUPERSEDED_BY = {("WanIDReferenceClipLoader", "video"): ("images", "video_in")}
+
+
 class QueueError(RuntimeError):
     def __init__(self, message, code=EXIT_FAILED):
         super().__init__(message)
         self.code = code
 
 
+class TimedOut(QueueError):
+    """--timeout passed while waiting for the prompt."""
+
+
+def server_url(server):
+    """The base URL of `server` ('127.0.0.1:8188' gets http://); a QueueError (exit 2) when it is not one."""
+    text = (server or "").strip()
+    url = text.rstrip("/")
+    if url and "://" not in url:
+        url = "http://" + url
+    parts = urllib.parse.urlsplit(url)
+    try:
+        port_ok = parts.port is None or 0 < parts.port < 65536
+    except ValueError:
+        port_ok = False
+    if (parts.scheme not in ("http", "https") or not parts.hostname or not port_ok or parts.query
+            or parts.fragment or any(c.isspace() or ord(c) < 32 for c in url)):
+        raise QueueError(f"--server {server!r}: not a ComfyUI address; give the URL ComfyUI prints when it starts, "
+                         "e.g. --server http://127.0.0.1:8188", code=EXIT_REFUSED)
+    return url
+
+
 # ---- HTTP
 
 class Client:
     def __init__(self, server, timeout=60.0):
-        server = server.strip().rstrip("/")
-        if "://" not in server:
-            server = "http://" + server
-        self.url = server
+        self.url = server_url(server)
         self.timeout = timeout
+        self._object_info = None
 
-    def _open(self, req):
+    def _open(self, req, timeout=None):
         try:
-            return urllib.request.urlopen(req, timeout=self.timeout)
+            return urllib.request.urlopen(req, timeout=timeout or self.timeout)
         except urllib.error.HTTPError:
             raise
-        except (urllib.error.URLError, OSError) as e:
+        except http.client.InvalidURL as e:
+            raise QueueError(f"--server {self.url!r}: not a usable URL ({e}); e.g. --server http://127.0.0.1:8188",
+                             code=EXIT_REFUSED) from None
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
             reason = getattr(e, "reason", e)
             raise QueueError(f"cannot reach ComfyUI at {self.url} ({reason}); is it running? (--server URL)") from None
 
-    def get_json(self, path):
-        with self._open(urllib.request.Request(self.url + path)) as r:
-            return json.load(r)
+    def get_json(self, path, timeout=None):
+        try:
+            with self._open(urllib.request.Request(self.url + path), timeout) as r:
+                return json.load(r)
+        except urllib.error.HTTPError as e:
+            raise QueueError(f"{self.url}{path} answered HTTP {e.code} {e.reason}; is {self.url} a ComfyUI server? "
+                             "(--server URL)") from None
+        except ValueError:
+            raise QueueError(f"{self.url}{path} did not answer JSON; is {self.url} a ComfyUI server? "
+                             "(--server URL)") from None
+
+    def object_info(self):
+        if self._object_info is None:
+            self._object_info = self.get_json("/object_info")
+        return self._object_info
+
+    def has_input_file(self, value):
+        """Whether the server's input folder has `value` ('x.mp4', 'sub/x.mp4', 'x.png [output]'), by a HEAD
+        /view (nothing is downloaded)."""
+        name, kind = value, "input"
+        for k in ("input", "output", "temp"):
+            if value.endswith(f" [{k}]"):
+                name, kind = value[: -len(k) - 3], k
+        subfolder, _, filename = name.rpartition("/")
+        query = urllib.parse.urlencode({"filename": filename, "subfolder": subfolder, "type": kind})
+        try:
+            with self._open(urllib.request.Request(f"{self.url}/view?{query}", method="HEAD")) as r:
+                return r.status == 200
+        except urllib.error.HTTPError:
+            return False
 
     def post_json(self, path, body):
         """(HTTP status, parsed JSON or {'raw': text}); a 4xx answer is returned, not raised."""
@@ -99,22 +167,70 @@ class Client:
             raise QueueError(f"uploading {path} failed: HTTP {e.code} {e.read()[:300]!r}") from None
         return f"{data['subfolder']}/{data['name']}" if data.get("subfolder") else data["name"]
 
-    def cancel(self, prompt_id):
-        """Drop the prompt from the queue, or stop it if it is the one running (best effort)."""
-        for path, body in (("/queue", {"delete": [prompt_id]}), ("/interrupt", {"prompt_id": prompt_id})):
-            try:
-                self.post_json(path, body)
-            except QueueError:
-                pass
+    def queue_state(self, prompt_id):
+        """'running', 'pending' or None (neither: finished, cancelled or never queued)."""
+        queue = self.get_json("/queue", timeout=10)
+        for state in ("running", "pending"):
+            if any(isinstance(item, list) and len(item) > 1 and item[1] == prompt_id
+                   for item in queue.get(f"queue_{state}") or []):
+                return state
+        return None
 
-    def download(self, item, dest):
+    def cancel(self, prompt_id, wait=15.0):
+        """Cancel this prompt on the server: removed from the queue while it waits, interrupted while it runs
+        (POST /interrupt with its id: the server interrupts only when that prompt is the one running, never
+        another). Returns what was done, in words."""
+        done, deadline = [], time.monotonic() + wait
+        try:
+            while True:
+                state = self.queue_state(prompt_id)
+                if state is None:
+                    break
+                if state == "pending" and "removed from the queue" not in done:
+                    self.post_json("/queue", {"delete": [prompt_id]})
+                    done.append("removed from the queue")
+                elif state == "running" and "interrupted" not in done:
+                    self.post_json("/interrupt", {"prompt_id": prompt_id})
+                    done.append("interrupted")
+                if time.monotonic() > deadline:
+                    return f"{' and '.join(done) or 'cancel sent'}, but still {state} on the server after {wait:.0f} s"
+                time.sleep(0.2)
+        except QueueError as e:
+            return f"could not cancel it ({e})"
+        return " and ".join(done) or "it was no longer queued"
+
+    def download(self, item, dest, force=False):
+        """Save one output as `dest`; when that file exists (an earlier run's), as `<stem>-2<suffix>`, -3, ...
+        (force=True: replace it). The file appears whole (written beside it first, then linked into place).
+        Returns the path written."""
         query = urllib.parse.urlencode({"filename": item["filename"], "subfolder": item.get("subfolder", ""),
                                         "type": item.get("type", "output")})
         dest.parent.mkdir(parents=True, exist_ok=True)
-        with self._open(urllib.request.Request(f"{self.url}/view?{query}")) as r, open(dest, "wb") as f:
-            while chunk := r.read(1 << 20):
-                f.write(chunk)
-        return dest
+        part = dest.parent / f".{dest.name}.{uuid.uuid4().hex[:8]}.part"
+        try:
+            try:
+                with self._open(urllib.request.Request(f"{self.url}/view?{query}")) as r, open(part, "wb") as f:
+                    while chunk := r.read(1 << 20):
+                        f.write(chunk)
+            except urllib.error.HTTPError as e:
+                raise QueueError(f"downloading output {item['filename']!r} failed: HTTP {e.code} {e.reason}") from None
+            if force:
+                os.replace(part, dest)
+                return dest
+            for n in range(1, 10000):
+                target = dest if n == 1 else dest.with_name(f"{dest.stem}-{n}{dest.suffix}")
+                try:
+                    os.link(part, target)  # atomic: fails when the name is taken, even by a concurrent run
+                except FileExistsError:
+                    continue
+                except OSError:  # no hard links on this file system
+                    if target.exists():
+                        continue
+                    os.replace(part, target)
+                return target
+            raise QueueError(f"{dest}: 9999 files of that name already exist; use another --out")
+        finally:
+            part.unlink(missing_ok=True)
 
     def ws_url(self, client_id):
         parts = urllib.parse.urlsplit(self.url)
@@ -220,7 +336,7 @@ def _wait_ws(ws, prompt_id, progress, deadline):
     while True:
         left = None if deadline is None else deadline - time.monotonic()
         if left is not None and left <= 0:
-            raise QueueError(f"prompt {prompt_id} did not finish within --timeout")
+            raise TimedOut(f"prompt {prompt_id} did not finish within --timeout")
         ws.settimeout(min(left, 5.0) if left is not None else 5.0)
         try:
             msg = ws.recv()
@@ -258,7 +374,7 @@ def _wait_history(client, prompt_id, deadline):
         if entry is not None and entry.get("status", {}).get("completed") is not None:
             return entry
         if deadline is not None and time.monotonic() > deadline:
-            raise QueueError(f"prompt {prompt_id} did not finish within --timeout")
+            raise TimedOut(f"prompt {prompt_id} did not finish within --timeout")
         time.sleep(0.5)
 
 
@@ -327,15 +443,92 @@ def output_texts(entry):
             for t in outputs.get("text", []) if isinstance(t, str)]
 
 
+def _node_label(api, nid):
+    node = api.get(str(nid), {})
+    ctype, title = node.get("class_type", "?"), wf.title_of(node)
+    return f"node {nid} ({ctype}{': ' + title if title and title != ctype else ''})"
+
+
+def check_set_names(api, assignments, object_info=None):
+    """Refuse a --set input name its node does not have (ComfyUI would silently ignore it): checked against the
+    server's node schema when there is one (a dynamic combo's "<combo>.<input>" keys included), else against
+    the inputs the workflow's node already has."""
+    for assignment, nid, name in assignments:
+        node = api[nid]
+        schema = (object_info or {}).get(node["class_type"])
+        if schema is not None:
+            known = [n for n, _, _ in wf.input_specs(schema, node["inputs"])]
+            where = f"the server's {node['class_type']}"
+        else:
+            known = [n for n in node["inputs"] if n != name]
+            where = "the workflow's node"
+        if name in known:
+            continue
+        close = difflib.get_close_matches(name, known, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        added = wf.ADDED_INPUTS.get(node["class_type"], ())
+        if schema is not None and name in added:
+            hint = f" It was added in a newer ComfyUI; this server would ignore it.{hint}"
+        elif schema is None and object_info is None:
+            hint += " (Checked against the workflow only: the server could not be asked.)"
+        raise wf.WorkflowError(f"--set {assignment!r}: {_node_label(api, nid)} has no input {name!r} "
+                               f"({where} has: {', '.join(known) or 'none'}).{hint}")
+
+
+def missing_files(api, object_info, client, uploaded=()):
+    """Lines for every input file and model file the workflow names that the server does not have: an input
+    file (LoadImage's image, Reference Clip Loader's video ...) neither in the server's list nor in its input
+    folder nor being uploaded, a model file not in the server's list. A file input that a connected input
+    supersedes (the clip loader's video when images / video_in are connected) is not read and not checked."""
+    problems = []
+    for nid in sorted(api, key=wf._id_key):
+        node = api[nid]
+        schema = object_info.get(node["class_type"])
+        if schema is None:
+            continue  # the server refuses an unknown node type itself, naming it
+        for name, spec, _ in wf.input_specs(schema, node["inputs"]):
+            value = node["inputs"].get(name)
+            if not isinstance(value, str) or wf.spec_type(spec) != "COMBO":
+                continue
+            if any(wf.is_link(node["inputs"].get(o)) for o in SUPERSEDED_BY.get((node["class_type"], name), ())):
+                continue
+            options = wf.combo_values(spec)
+            if value in options or value in uploaded:
+                continue
+            where = f"{_node_label(api, nid)} {name}"
+            if any(wf.spec_options(spec).get(k) for k in UPLOAD_KEYS):
+                if value and client.has_input_file(value):
+                    continue
+                problems.append(
+                    f"  {where}: {value!r} is not on the server (never uploaded to its input folder, or removed); "
+                    f"give the file with --reference FILE (uploaded for you), upload it in ComfyUI, or "
+                    f"--set {nid}.{name}=NAME with a file that is there")
+            elif name in MODEL_FOLDERS:
+                shown = ", ".join(repr(o) for o in options[:8]) + (" ..." if len(options) > 8 else "")
+                problems.append(
+                    f"  {where}: model file {value!r} is not installed on the server; put it in "
+                    f"ComfyUI/models/{MODEL_FOLDERS[name]}/ and restart ComfyUI (or refresh), or "
+                    f"--set {nid}.{name}=NAME with one it has: {shown or 'none'}")
+    return problems
+
+
 def build_prompt(args, client, log):
-    data = wf.load_workflow(args.workflow)
+    try:
+        data = wf.load_workflow(args.workflow)
+    except OSError as e:
+        why = "no such file" if isinstance(e, FileNotFoundError) else e.strerror or str(e)
+        raise wf.WorkflowError(f"workflow {args.workflow!r}: {why}; give the path of a workflow JSON file, "
+                               "e.g. workflows/api/standin_wan21_t2v_14b.json") from None
+    object_info = None
     if wf.is_ui_workflow(data):
         log(f"{args.workflow}: a UI workflow; converting it with the server's node schemas")
-        api = wf.ui_to_api(data, client.get_json("/object_info"))
+        object_info = client.object_info()
+        api = wf.ui_to_api(data, object_info)
     elif isinstance(data, dict) and data and all(isinstance(v, dict) and "class_type" in v for v in data.values()):
         api = data
     else:
         raise wf.WorkflowError(f"{args.workflow}: neither an API workflow (Export (API)) nor a UI workflow")
+    uploaded = set()
     if args.reference:
         ref = Path(args.reference)
         ext = ref.suffix.lower()
@@ -346,6 +539,7 @@ def build_prompt(args, client, log):
         if not ref.is_file():
             raise wf.WorkflowError(f"--reference {ref}: no such file")
         name = ref.name if args.dry_run else client.upload(ref)
+        uploaded.add(name)
         nodes = wf.set_reference(api, name, kind)
         log(f"reference {name!r} -> node(s) {', '.join(nodes)}")
     if args.prompt is not None:
@@ -354,15 +548,38 @@ def build_prompt(args, client, log):
         log(f"negative prompt -> node(s) {', '.join(wf.set_prompt(api, args.negative, 'negative'))}")
     if args.seed is not None:
         wf.set_seed(api, args.seed)
+    assignments = []
     for assignment in args.set or []:
         nid, name, value = wf.apply_set(api, assignment)
+        assignments.append((assignment, nid, name))
         log(f"set node {nid} {name} = {value!r}")
+    if object_info is None and assignments and args.dry_run:
+        try:  # a dry run checks against the server when it answers, and against the workflow when not
+            object_info = Client(client.url, timeout=5).object_info()
+        except QueueError:
+            pass
+    elif object_info is None and not args.dry_run:
+        object_info = client.object_info()
+    check_set_names(api, assignments, object_info)
+    if not args.dry_run:
+        problems = missing_files(api, object_info, client, uploaded)
+        if problems:
+            raise wf.WorkflowError("the workflow names files the server does not have (nothing was queued):\n"
+                                   + "\n".join(problems))
     return api
+
+
+def _cancelled(client, prompt_id, why):
+    what = client.cancel(prompt_id)
+    return f"{why}; prompt {prompt_id} cancelled on the server: {what}"
 
 
 def run(args):
     client = Client(args.server)
     quiet = args.quiet
+    if args.timeout < 0:
+        raise QueueError(f"--timeout {args.timeout:g}: give a number of seconds (0 = wait as long as it takes)",
+                         code=EXIT_REFUSED)
 
     def log(text):
         if not quiet:
@@ -374,7 +591,7 @@ def run(args):
         return EXIT_OK
     client_id = uuid.uuid4().hex
     ws = _open_ws(client, client_id)
-    running = None
+    prompt_id = None
     try:
         status, response = client.post_json("/prompt", {"prompt": api, "client_id": client_id})
         if status != 200 or "prompt_id" not in response:
@@ -392,21 +609,24 @@ def run(args):
             print(format_node_errors(dict(response, error={"message": "running only the outputs that validated"}),
                                      api), file=sys.stderr)
         log(f"queued prompt {prompt_id}")
-        running = prompt_id
         deadline = time.monotonic() + args.timeout if args.timeout else None
         outcome, error = (None, None)
         if ws is not None:
             outcome, error = _wait_ws(ws, prompt_id, Progress(api, enabled=not quiet and not args.no_progress),
                                       deadline)
+        entry = _wait_history(client, prompt_id, deadline)
+    except TimedOut:
+        print(f"error: {_cancelled(client, prompt_id, f'--timeout {args.timeout:g} s passed')}", file=sys.stderr)
+        return EXIT_FAILED
     except KeyboardInterrupt:
-        if running is not None:
-            client.cancel(running)
-            print(f"interrupted: prompt {running} cancelled", file=sys.stderr)
-        return 130
+        if prompt_id is None:
+            print("interrupted (nothing was queued)", file=sys.stderr)
+        else:
+            print(f"interrupted: {_cancelled(client, prompt_id, 'Ctrl-C')}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     finally:
         if ws is not None:
             ws.close()
-    entry = _wait_history(client, prompt_id, deadline)
     if outcome != "error" and entry.get("status", {}).get("status_str") == "error":
         errors = [m[1] for m in entry["status"].get("messages", []) if m[0] == "execution_error"]
         outcome, error = "error", (errors[0] if errors else {"exception_message": json.dumps(entry["status"])})
@@ -419,7 +639,10 @@ def run(args):
     saved = []
     for nid, item in output_items(entry, previews=args.previews):
         dest = out_dir / item.get("subfolder", "") / item["filename"]
-        saved.append(client.download(item, dest))
+        path = client.download(item, dest, force=args.force)
+        if path != dest:
+            log(f"{dest} exists (an earlier run's); kept it and saved this run's as {path} (--force replaces)")
+        saved.append(path)
     for path in saved:
         print(path)
     if not saved:
@@ -440,7 +663,10 @@ def parser():
                     help="set an input; NODE is an id or a title, VALUE is JSON when it parses (30, 4.5, true, "
                          "\"text\", [\"4\", 0] for a link), else text. Repeatable; applied last")
     ap.add_argument("--seed", type=int, help="seed for every seed / noise_seed input (default: the workflow's)")
-    ap.add_argument("--out", default="output", help="folder for the downloaded outputs (default %(default)s)")
+    ap.add_argument("--out", default=".", help="folder for the downloaded outputs, keeping ComfyUI's subfolders "
+                                               "(default: the current folder)")
+    ap.add_argument("--force", action="store_true",
+                    help="replace files of the same name in --out (default: keep them, save under a free name)")
     ap.add_argument("--previews", action="store_true", help="also download temporary previews")
     ap.add_argument("--timeout", type=float, default=0, help="give up after this many seconds (default: wait)")
     ap.add_argument("--no-progress", action="store_true", help="no progress display")
@@ -464,7 +690,7 @@ def main(argv=None):
         return e.code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

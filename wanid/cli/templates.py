@@ -33,6 +33,10 @@ STANDIN_22_HIGH = "Stand-In_wan2.2_T2V_A14B_high.ckpt"
 STANDIN_22_LOW = "Stand-In_wan2.2_T2V_A14B_low.ckpt"
 SLOT_ID = "slot-id_wan2.1_t2v_14B.safetensors"
 BISENET = "parsing_bisenet.pth"
+# Face Crop / Parse's parser_model in the shipped files: BiSeNet is optional (README), so the workflows run
+# without it; with it installed, pick it there (or --set NODE.parser_model=parsing_bisenet.pth) for the official
+# background whitening.
+NO_PARSER = "none (fallback)"
 REFERENCE = "reference.mp4"  # placeholder: the user's clip (uploaded with the node's button or --reference)
 
 # Inputs whose values are file names (models, the user's clip): checked against the server's lists only when
@@ -87,7 +91,7 @@ def _face(g, on_no_face="skip"):
                  duration=0.0, stride=0, max_side=1024)
     face = g.add("WanIDFaceCropParse", None, images=out(clip, 0), times=out(clip, 1), detector="auto",
                  face_choice="largest", face_index=0, on_no_face=on_no_face, label_set="official",
-                 parser_model=BISENET, provider="auto", fallback="keep_all", normalization="official")
+                 parser_model=NO_PARSER, provider="auto", fallback="keep_all", normalization="official")
     g.add("PreviewImage", "Faces found (gold = anchor)", images=out(face, 4))
     return clip, face
 
@@ -210,7 +214,8 @@ _MODELS = {
     "standin21": [("stand_in", STANDIN_21)],
     "standin22": [("stand_in", STANDIN_22_HIGH), ("stand_in", STANDIN_22_LOW)],
     "slot": [("slot_id", SLOT_ID)],
-    "face": [("face_parsing", BISENET + "  (optional: without it pick 'none (fallback)')"),
+    "face": [("face_parsing", BISENET + "  (optional; the workflow runs without it: to whiten the crop's background "
+                              "as official Stand-In does, pick it in Face Crop / Parse's parser_model)"),
              ("insightface/models/antelopev2", "antelopev2 (optional for Stand-In; Slot-ID needs its ArcFace)")],
 }
 

@@ -113,11 +113,13 @@ def is_ui_workflow(data):
 
 
 def load_workflow(path):
+    """The JSON in `path`. Not JSON: WorkflowError; a file that cannot be read: OSError (the caller words it)."""
     with open(path, encoding="utf-8") as f:
         try:
             return json.load(f)
-        except json.JSONDecodeError as e:
-            raise WorkflowError(f"{path}: not valid JSON ({e})") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise WorkflowError(f"{path}: not valid JSON ({e}); give a workflow saved by ComfyUI (Save, or "
+                                "Export (API))") from None
 
 
 def complete_api(api, object_info):
@@ -351,13 +353,25 @@ def parse_value(text):
 
 
 def apply_set(api, assignment):
-    """'node.input=value' (node = id or title; value JSON-parsed). Returns (node_id, input, value)."""
+    """'node.input=value' (node = id or title; value JSON-parsed). Returns (node_id, input, value).
+
+    A title may hold dots ("Load Wan 2.1 T2V 14B.unet_name") and so may a dynamic combo's input
+    ("9.codec.encoding"): the node is the longest prefix before a dot that names one."""
     target, sep, raw = assignment.partition("=")
     ref, dot, name = target.rpartition(".")
     if not sep or not dot or not ref or not name:
         raise WorkflowError(f"--set {assignment!r}: expected NODE.INPUT=VALUE, e.g. --set 11.steps=30 "
                             "or --set 'KSampler.cfg=4.5'")
-    nid = resolve_node(api, ref)
+    cuts = [i for i, c in enumerate(target) if c == "."]
+    first_error = None
+    for cut in reversed(cuts):
+        try:
+            nid, name = resolve_node(api, target[:cut]), target[cut + 1:]
+            break
+        except WorkflowError as e:
+            first_error = first_error or e
+    else:
+        raise first_error
     value = parse_value(raw)
     api[nid]["inputs"][name] = value
     return nid, name, value
