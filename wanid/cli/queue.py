@@ -64,9 +64,8 @@ class TimedOut(QueueError):
 def server_url(server):
     """The base URL of `server` ('127.0.0.1:8188' gets http://); a QueueError (exit 2) when it is not one."""
     text = (server or "").strip()
-    url = text.rstrip("/")
-    if url and "://" not in url:
-        url = "http://" + url
+    url = text if "://" in text or not text else "http://" + text
+    url = url.rstrip("/")
     parts = urllib.parse.urlsplit(url)
     try:
         port_ok = parts.port is None or 0 < parts.port < 65536
@@ -449,10 +448,10 @@ def _node_label(api, nid):
     return f"node {nid} ({ctype}{': ' + title if title and title != ctype else ''})"
 
 
-def check_set_names(api, assignments, object_info=None):
+def check_set_names(api, assignments, object_info=None, workflow_inputs=None):
     """Refuse a --set input name its node does not have (ComfyUI would silently ignore it): checked against the
     server's node schema when there is one (a dynamic combo's "<combo>.<input>" keys included), else against
-    the inputs the workflow's node already has."""
+    the inputs the workflow's node had before the --set edits (`workflow_inputs`: {node id: [names]})."""
     for assignment, nid, name in assignments:
         node = api[nid]
         schema = (object_info or {}).get(node["class_type"])
@@ -460,7 +459,7 @@ def check_set_names(api, assignments, object_info=None):
             known = [n for n, _, _ in wf.input_specs(schema, node["inputs"])]
             where = f"the server's {node['class_type']}"
         else:
-            known = [n for n in node["inputs"] if n != name]
+            known = list((workflow_inputs or {}).get(nid, node["inputs"]))
             where = "the workflow's node"
         if name in known:
             continue
@@ -548,11 +547,10 @@ def build_prompt(args, client, log):
         log(f"negative prompt -> node(s) {', '.join(wf.set_prompt(api, args.negative, 'negative'))}")
     if args.seed is not None:
         wf.set_seed(api, args.seed)
-    assignments = []
+    assignments, workflow_inputs = [], {nid: list(node["inputs"]) for nid, node in api.items()}
     for assignment in args.set or []:
         nid, name, value = wf.apply_set(api, assignment)
-        assignments.append((assignment, nid, name))
-        log(f"set node {nid} {name} = {value!r}")
+        assignments.append((assignment, nid, name, value))
     if object_info is None and assignments and args.dry_run:
         try:  # a dry run checks against the server when it answers, and against the workflow when not
             object_info = Client(client.url, timeout=5).object_info()
@@ -560,7 +558,9 @@ def build_prompt(args, client, log):
             pass
     elif object_info is None and not args.dry_run:
         object_info = client.object_info()
-    check_set_names(api, assignments, object_info)
+    check_set_names(api, [a[:3] for a in assignments], object_info, workflow_inputs)
+    for _, nid, name, value in assignments:
+        log(f"set node {nid} {name} = {value!r}")
     if not args.dry_run:
         problems = missing_files(api, object_info, client, uploaded)
         if problems:
