@@ -155,18 +155,26 @@ class SlotEncoder(nn.Module):
         """One clip (no batch dim; times in seconds, landmarks in [0, 1]) -> IdentityTokens on the CPU."""
         device = device or next(self.parameters()).device
         dtype = next(self.parameters()).dtype
-        valid = valid.bool().to(device)
-        if not bool(valid.any()):
+        if not bool(valid.bool().any()):
             raise ValueError("no valid frame in the clip: every frame was rejected (no usable face)")
-        if not bool(valid[anchor_index]):
+        if not bool(valid.bool()[int(anchor_index)]):
             raise ValueError(f"anchor frame {anchor_index} is not a valid frame")
-        times = normalize_times(times.to(device, torch.float32)[None], valid[None])
-        tokens, plan = self(embeddings.to(device, dtype)[None], landmarks.to(device, dtype)[None], times,
-                            valid[None], torch.tensor([anchor_index], device=device),
-                            None if latents is None else latents.to(device, dtype)[None])
+        tokens, plan = self(**batch_inputs(embeddings, landmarks, times, valid, anchor_index, latents, device, dtype))
         return IdentityTokens(tokens=tokens[0].float().cpu(), plan=plan[0].float().cpu(),
                               num_anchor=self.config.anchor_tokens, num_slots=self.config.num_slots,
                               backbone=backbone, dim=dim, source=source)
+
+
+def batch_inputs(embeddings, landmarks, times, valid, anchor_index, latents=None, device="cpu", dtype=torch.float32):
+    """One clip's tensors (no batch dim: what clip_inputs gives, or training's cached ref_* tensors; times in seconds)
+    -> SlotEncoder.forward's arguments for a batch of one on `device`: the one preparation of the encoder's inputs,
+    for inference (encode_clip) and training (Trainer.encode_reference). Features in `dtype`, times normalised
+    over the valid frames."""
+    valid = valid.bool().to(device)[None]
+    return dict(embeddings=embeddings.to(device, dtype)[None], landmarks=landmarks.to(device, dtype)[None],
+                times=normalize_times(times.to(device, torch.float32)[None], valid), valid=valid,
+                anchor_index=torch.as_tensor(anchor_index, dtype=torch.long).reshape(1).to(device),
+                latents=None if latents is None else latents.to(device, dtype)[None])
 
 
 def clip_inputs(face_clip, latents: Optional[torch.Tensor] = None):

@@ -27,8 +27,7 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 from ..slot.checkpoint import SlotIDCheckpoint, load_checkpoint, save_checkpoint
-from ..slot.encoder import SlotEncoder
-from ..slot.tokenizer import normalize_times
+from ..slot.encoder import SlotEncoder, batch_inputs
 from ..tensor_file import load_tensor_file
 from .comfy_host import training_mode  # imports no ComfyUI; a no-op without a loaded ComfyUI
 from .dataset import pad_context, pad_reference
@@ -150,15 +149,13 @@ class Trainer:
     def encode_reference(self, t):
         """Cached ref_* tensors -> identity tokens [1, A + S, text_dim] (float32 from the encoder)."""
         t = pad_reference(t, self.frames)
-        dev = self.device
-        valid = t["ref_valid"].bool()[None].to(dev)
-        times = normalize_times(t["ref_times"].float()[None].to(dev), valid)
-        latents = t["ref_latents"].float()[None].to(dev) if self.config.pool > 0 else None
-        if self.config.pool > 0 and latents is None:
+        if self.config.pool > 0 and "ref_latents" not in t:
             raise ValueError("the encoder config has pool > 0 but the cache holds no ref_latents")
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=self.cfg.bf16):
-            tokens, _ = self.encoder(t["ref_embeddings"].float()[None].to(dev), t["ref_landmarks"].float()[None].to(dev),
-                                     times, valid, t["ref_anchor"].reshape(1).to(dev), latents)
+        inputs = batch_inputs(t["ref_embeddings"].float(), t["ref_landmarks"].float(), t["ref_times"].float(),
+                              t["ref_valid"], t["ref_anchor"], t["ref_latents"].float() if self.config.pool > 0 else None,
+                              device=self.device)  # as SlotEncoder.encode_clip prepares them at inference
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.bf16):
+            tokens, _ = self.encoder(**inputs)
         return tokens.float()
 
     def velocity(self, x_t, sigma, context):
