@@ -153,3 +153,20 @@ def test_init_backbones_set_block_count_and_vae_channels():
     assert ckpt.backbone == "wan2.2-ti2v-5b" and ckpt.config.latent_channels == 48
     with pytest.raises(ValueError, match="has dim 5120, not 1536"):
         build(1536, backbone="wan2.1-t2v-14b")
+
+
+def test_fresh_checkpoint_leaves_the_global_rng_alone():
+    """Issue #11: a fresh checkpoint is a function of its seed and does not reseed the caller's RNG."""
+    from wanid.slot.checkpoint import fresh_checkpoint
+    from wanid.slot.encoder import SlotIDConfig
+
+    cfg = dict(dim=32, num_slots=2, anchor_tokens=1, time_features=8, lora_rank=2)
+    torch.manual_seed(123)
+    expected = torch.rand(4)
+    torch.manual_seed(123)
+    a = fresh_checkpoint(64, 1, SlotIDConfig(**cfg), seed=5)
+    assert torch.equal(torch.rand(4), expected)  # the draws after it are those without it
+    b = fresh_checkpoint(64, 1, SlotIDConfig(**cfg), seed=5)
+    c = fresh_checkpoint(64, 1, SlotIDConfig(**cfg), seed=6)
+    assert all(torch.equal(a.encoder_state[k], b.encoder_state[k]) for k in a.encoder_state)
+    assert not torch.equal(a.encoder_state["proj.weight"], c.encoder_state["proj.weight"])

@@ -94,8 +94,10 @@ def fresh_checkpoint(dim, num_blocks, config=None, backbone="", seed=0):
     """An untrained checkpoint (what training starts from): random encoder, gate 0, LoRA up 0."""
     config = config or SlotIDConfig()
     config.check()
-    torch.manual_seed(seed)  # the modules draw from the global generator
-    encoder = SlotEncoder(config)
+    # torch's modules initialise from the global generator: seed it for them only, the caller's RNG state is put back
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        encoder = SlotEncoder(config)
     gen = torch.Generator().manual_seed(seed + 1)
     lora = fresh_lora(dim, num_blocks, config.lora_rank, config.lora_alpha, gen)
     state = {k: v.detach().clone() for k, v in encoder.state_dict().items()}
