@@ -18,3 +18,12 @@ def load_tensor_file(path, mmap=False):
             if "mmap" not in str(e):
                 raise
     return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def load_error_kind(error):
+    """What a failed load_tensor_file means for a user: refused pickled code, or a damaged/foreign file. torch's
+    weights_only message mentions weights_only for both, so tell them apart by the unpickler's own words."""
+    text = str(error)
+    if "Unsupported global" in text or "Unsupported class" in text:
+        return "refused: it holds pickled code, not only tensors"
+    return "unreadable"

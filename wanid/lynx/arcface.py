@@ -1,0 +1,120 @@
+"""The face embedding Lynx was trained with: facexlib's ArcFace IR-SE50 (`recognition_arcface_ir_se50.pth`).
+
+The module tree reproduces facexlib's `Backbone(num_layers=50, drop_ratio=0.6, mode='ir_se')` key for key
+(input_layer.N, body.N.{shortcut_layer,res_layer}.N, output_layer.N), so the official file loads strictly; the
+file is read without running pickled code (wanid.tensor_file). Inference only: dropout is the identity.
+Input as Lynx feeds it: the insightface 5-point alignment at 112, RGB scaled to [-1, 1], then channels flipped
+to BGR (modules/common/face_encoder.py); output L2-normalised [N, 512].
+"""
+import os
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..tensor_file import load_error_kind, load_tensor_file
+from ..face.align import norm_crop
+
+# (in_channels, depth, units) of the four IR-SE50 stages; the first unit of each stage has stride 2
+STAGES_50 = ((64, 64, 3), (64, 128, 4), (128, 256, 14), (256, 512, 3))
+
+
+class _SE(nn.Module):
+    def __init__(self, channels, reduction=16):
+        super().__init__()
+        self.fc1 = nn.Conv2d(channels, channels // reduction, 1, bias=False)
+        self.fc2 = nn.Conv2d(channels // reduction, channels, 1, bias=False)
+
+    def forward(self, x):
+        w = torch.sigmoid(self.fc2(torch.relu(self.fc1(x.mean((2, 3), keepdim=True)))))
+        return x * w
+
+
+class _Unit(nn.Module):
+    """Improved residual unit with squeeze-excitation: BN-conv-PReLU-conv(stride)-BN-SE, plus the shortcut."""
+
+    def __init__(self, cin, depth, stride):
+        super().__init__()
+        self.stride = stride
+        # A same-width unit's shortcut is a strided identity (facexlib: MaxPool2d(1, stride), no weights).
+        self.shortcut_layer = None if cin == depth else nn.Sequential(
+            nn.Conv2d(cin, depth, 1, stride, bias=False), nn.BatchNorm2d(depth))
+        self.res_layer = nn.Sequential(
+            nn.BatchNorm2d(cin), nn.Conv2d(cin, depth, 3, 1, 1, bias=False), nn.PReLU(depth),
+            nn.Conv2d(depth, depth, 3, stride, 1, bias=False), nn.BatchNorm2d(depth), _SE(depth))
+
+    def forward(self, x):
+        short = x[:, :, ::self.stride, ::self.stride] if self.shortcut_layer is None else self.shortcut_layer(x)
+        return self.res_layer(x) + short
+
+
+class ArcFaceIRSE50(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.input_layer = nn.Sequential(nn.Conv2d(3, 64, 3, 1, 1, bias=False), nn.BatchNorm2d(64), nn.PReLU(64))
+        units = []
+        for cin, depth, n in STAGES_50:
+            units.append(_Unit(cin, depth, 2))
+            units += [_Unit(depth, depth, 1) for _ in range(n - 1)]
+        self.body = nn.Sequential(*units)
+        # indices 1 (dropout) and 2 (flatten) hold no weights; kept so the keys are output_layer.0/.3/.4
+        self.output_layer = nn.Sequential(nn.BatchNorm2d(512), nn.Identity(), nn.Flatten(),
+                                          nn.Linear(512 * 7 * 7, 512), nn.BatchNorm1d(512))
+
+    def forward(self, x):
+        """x: [N, 3, 112, 112] BGR in [-1, 1] -> [N, 512], unit length."""
+        y = self.output_layer(self.body(self.input_layer(x)))
+        return y / y.norm(dim=1, keepdim=True)
+
+
+class ArcFaceFileError(ValueError):
+    pass
+
+
+def load_arcface(path):
+    """The IR-SE50 with the weights of `path` (.pth read with weights_only, or .safetensors), in eval mode."""
+    name = os.path.basename(path)
+    try:
+        sd = load_tensor_file(path)
+    except Exception as e:
+        kind = load_error_kind(e)
+        raise ArcFaceFileError(f"arcface_name: {name} is {kind} ({type(e).__name__}: {str(e).splitlines()[0][:160]}). "
+                               "Download recognition_arcface_ir_se50.pth (facexlib) again.") from e
+    sd = sd.get("state_dict", sd) if isinstance(sd, dict) else sd
+    if not isinstance(sd, dict):
+        raise ArcFaceFileError(f"arcface_name: {name} holds a {type(sd).__name__}, not a dict of tensors.")
+    sd = {k[len("module."):] if k.startswith("module.") else k: v for k, v in sd.items()}
+    model = ArcFaceIRSE50()
+    want = model.state_dict()
+    for key, value in want.items():
+        if key not in sd:
+            raise ArcFaceFileError(f"arcface_name: {name} is not facexlib's ArcFace IR-SE50: {key} is missing. "
+                                   "Use recognition_arcface_ir_se50.pth.")
+        if tuple(sd[key].shape) != tuple(value.shape):
+            raise ArcFaceFileError(f"arcface_name: {name}: {key} has shape {list(sd[key].shape)}, IR-SE50 needs "
+                                   f"{list(value.shape)}. Use recognition_arcface_ir_se50.pth.")
+        if sd[key].is_floating_point() and not torch.isfinite(sd[key]).all():
+            raise ArcFaceFileError(f"arcface_name: {name}: {key} holds NaN or inf. Download the file again.")
+    extra = sorted(set(sd) - set(want))
+    if extra:
+        raise ArcFaceFileError(f"arcface_name: {name}: unexpected key {extra[0]!r}; this is not the IR-SE50 file.")
+    model.load_state_dict({k: sd[k].float() for k in want}, strict=True)
+    return model.eval().requires_grad_(False)
+
+
+def aligned_faces(frames, landmarks):
+    """uint8 RGB [N, 112, 112, 3]: insightface's norm_crop of each frame by its 5 landmarks."""
+    return np.stack([norm_crop(np.asarray(f), np.asarray(l, np.float64), 112)[0] for f, l in zip(frames, landmarks)])
+
+
+def to_input(aligned):
+    """uint8 RGB [N, 112, 112, 3] -> the tensor Lynx feeds IR-SE50: (x / 255 - 0.5) / 0.5, channels to BGR."""
+    x = torch.from_numpy(np.ascontiguousarray(aligned)).float().div(255.0).permute(0, 3, 1, 2)
+    return ((x - 0.5) / 0.5)[:, [2, 1, 0]].contiguous()
+
+
+@torch.no_grad()
+def embed_aligned(model, aligned, device="cpu"):
+    """Unit-length [N, 512] float32 embeddings of aligned uint8 RGB faces."""
+    p = next(model.parameters())
+    return model(to_input(aligned).to(device=p.device, dtype=p.dtype)).float().cpu()
