@@ -20,7 +20,7 @@ from ..wanid.slot import crop_latents
 from ..wanid.slot.checkpoint import SlotIDCheckpoint, load_checkpoint
 from ..wanid.slot.encoder import IdentityTokens, clip_inputs
 from ..wanid.slot.routing_image import routing_image
-from .cache import LoadedCache, file_key
+from .cache import LoadedCache, file_key, file_stamp
 from .types import FaceClipType, IdentityTokensType, SlotIDModelType
 from .wan import wan_model_of
 
@@ -62,7 +62,7 @@ def load_slot_id(name):
     return _loaded.get(file_key(path), load)
 
 
-class SlotIDLoader(io.ComfyNode):
+class WanIDSlotIDLoader(io.ComfyNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -80,6 +80,10 @@ class SlotIDLoader(io.ComfyNode):
             ],
             outputs=[io.Model.Output(), SlotIDModelType.Output(display_name="slot_id")],
         )
+
+    @classmethod
+    def fingerprint_inputs(cls, slot_id_name=None, **kwargs):
+        return file_stamp("slot_id", slot_id_name)  # a file replaced under the same name is read again
 
     @classmethod
     def execute(cls, model, slot_id_name, lora_strength=1.0) -> io.NodeOutput:
@@ -121,7 +125,7 @@ def encode_crops(vae, crops, valid, channels):
                                      on_progress=lambda: pbar.update(1))
 
 
-class SlotEncoder(io.ComfyNode):
+class WanIDSlotEncoder(io.ComfyNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -182,7 +186,7 @@ def prepend(conditioning, rows, name):
     return out
 
 
-class IdentityTokenInject(io.ComfyNode):
+class WanIDIdentityTokenInject(io.ComfyNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -216,4 +220,4 @@ class IdentityTokenInject(io.ComfyNode):
         return io.NodeOutput(new_positive, negative)
 
 
-NODES = [SlotIDLoader, SlotEncoder, IdentityTokenInject]
+NODES = [WanIDSlotIDLoader, WanIDSlotEncoder, WanIDIdentityTokenInject]

@@ -6,7 +6,7 @@ from .v3 import io
 
 from ..wanid.errors import check_finite, check_finite_numbers
 from ..wanid.standin.checkpoint import load_standin
-from .cache import LoadedCache, file_key
+from .cache import LoadedCache, file_key, file_stamp
 from .standin_patch import apply_standin, check_model
 from .wan import wan_model_of
 
@@ -70,7 +70,7 @@ def reference_latent_of(model, reference_image=None, vae=None, reference_latent=
     return model.model.process_latent_in(samples[:, :, :1].float())
 
 
-class RestrictedAttnPatch(io.ComfyNode):
+class WanIDRestrictedAttnPatch(io.ComfyNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
@@ -95,6 +95,10 @@ class RestrictedAttnPatch(io.ComfyNode):
         )
 
     @classmethod
+    def fingerprint_inputs(cls, standin_name=None, **kwargs):
+        return file_stamp("stand_in", standin_name)  # a file replaced under the same name is read again
+
+    @classmethod
     def execute(cls, model, standin_name, strength, reference_image=None, vae=None, reference_latent=None):
         check_finite_numbers(strength=(strength, "0 to 3; 1 = official Stand-In, 0 = off"))
         weights = load_weights_cached(standin_name)
@@ -103,4 +107,4 @@ class RestrictedAttnPatch(io.ComfyNode):
         return io.NodeOutput(apply_standin(model, weights, latent, strength))
 
 
-NODES = [RestrictedAttnPatch]
+NODES = [WanIDRestrictedAttnPatch]

@@ -7,6 +7,9 @@ The harness links this folder into the test server's custom_nodes/ next to the p
                             folder (keys "image", "mask", "latent", "noise_mask"), listed in the history under
                             "tensors", so tests compare outputs numerically.
   WanIDTestPing             no inputs; an output node that does nothing (a cheap prompt, e.g. after /free).
+  WanIDTestTensor           shape, fill, dtype, seed -> IMAGE, LATENT, CONDITIONING holding that tensor (for bad
+                            inputs no stock node makes: NaN/inf, 0x0 images, 48-channel latents, empty or batch-0
+                            conditioning). fill "empty_list" makes the CONDITIONING [] (no entries).
 """
 import os
 
@@ -96,10 +99,50 @@ class WanIDTestPing(io.ComfyNode):
         return io.NodeOutput()
 
 
+class WanIDTestTensor(io.ComfyNode):
+    FILLS = ("randn", "rand", "zeros", "nan", "inf", "one_nan", "empty_list")
+    DTYPES = ("float32", "float16", "bfloat16", "int32", "uint8")
+
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="WanIDTestTensor",
+            category=CATEGORY,
+            description="Test only: one tensor of any shape, fill and dtype as IMAGE, LATENT and CONDITIONING.",
+            inputs=[
+                io.String.Input("shape", default="1,16,1,8,8"),
+                io.Combo.Input("fill", options=list(cls.FILLS), default="randn"),
+                io.Combo.Input("dtype", options=list(cls.DTYPES), default="float32"),
+                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFF),
+            ],
+            outputs=[io.Image.Output(), io.Latent.Output(), io.Conditioning.Output()],
+        )
+
+    @classmethod
+    def execute(cls, shape, fill, dtype, seed) -> io.NodeOutput:
+        dims = [int(x) for x in shape.split(",") if x.strip()]
+        g = torch.Generator().manual_seed(seed)
+        if fill == "rand":
+            t = torch.rand(dims, generator=g)
+        elif fill in ("zeros", "empty_list"):
+            t = torch.zeros(dims)
+        else:
+            t = torch.randn(dims, generator=g)
+        if fill == "nan":
+            t = torch.full(dims, float("nan"))
+        elif fill == "inf":
+            t = torch.full(dims, float("inf"))
+        elif fill == "one_nan" and t.numel():
+            t.view(-1)[t.numel() // 2] = float("nan")
+        t = t.to(getattr(torch, dtype))
+        cond = [] if fill == "empty_list" else [[t, {}]]
+        return io.NodeOutput(t, {"samples": t}, cond)
+
+
 class WanIDTestExtension(ComfyExtension):
     @override
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
-        return [WanIDTestWanConditioning, WanIDTestSaveTensor, WanIDTestPing]
+        return [WanIDTestWanConditioning, WanIDTestSaveTensor, WanIDTestPing, WanIDTestTensor]
 
 
 async def comfy_entrypoint() -> WanIDTestExtension:
