@@ -101,7 +101,7 @@ class StubVAE:
 
 # ---------------------------------------------------------------- loader and LoRA
 def test_fresh_checkpoint_leaves_the_model_unchanged(nodes, slot_dir, base):
-    model, slot = run(nodes.SlotIDLoader, model=base, slot_id_name="fresh.safetensors", lora_strength=1.0)
+    model, slot = run(nodes.WanIDSlotIDLoader, model=base, slot_id_name="fresh.safetensors", lora_strength=1.0)
     assert model is not base and len(base.patches) == 0  # a clone; the shared model is not touched
     assert len(model.patches) == 4 * LAYERS
     x, t, ctx = inputs()
@@ -111,7 +111,7 @@ def test_fresh_checkpoint_leaves_the_model_unchanged(nodes, slot_dir, base):
 
 def test_lora_is_applied_by_comfy_as_the_float64_reference(nodes, slot_dir, base):
     from wanid_pack.wanid.slot.checkpoint import load_checkpoint
-    model, _ = run(nodes.SlotIDLoader, model=base, slot_id_name="trained.safetensors", lora_strength=0.7)
+    model, _ = run(nodes.WanIDSlotIDLoader, model=base, slot_id_name="trained.safetensors", lora_strength=0.7)
     x, t, ctx = inputs(seed=1)
     got = call(model, x, t, ctx)
     lora = load_checkpoint(slot_dir / "trained.safetensors").lora
@@ -128,13 +128,13 @@ def test_lora_is_applied_by_comfy_as_the_float64_reference(nodes, slot_dir, base
     err = ((got.double() - expected).norm() / expected.norm()).item()
     assert err < 1e-5, err
     assert ((plain - expected).norm() / expected.norm()).item() > 1e-2  # the LoRA does matter
-    zero, _ = run(nodes.SlotIDLoader, model=base, slot_id_name="trained.safetensors", lora_strength=0.0)
+    zero, _ = run(nodes.WanIDSlotIDLoader, model=base, slot_id_name="trained.safetensors", lora_strength=0.0)
     assert zero is base
 
 
 def test_lora_on_fp8_weights(nodes, slot_dir):
     fp8 = tiny_wan.load_tiny_wan_patcher("fp8_e4m3fn", layers=LAYERS, seed=3)
-    model, _ = run(nodes.SlotIDLoader, model=fp8, slot_id_name="trained.safetensors", lora_strength=1.0)
+    model, _ = run(nodes.WanIDSlotIDLoader, model=fp8, slot_id_name="trained.safetensors", lora_strength=1.0)
     x, t, ctx = inputs(seed=2)
     out, plain = call(model, x, t, ctx), call(fp8, x, t, ctx)
     assert torch.isfinite(out).all() and (out - plain).abs().max() > 1e-3
@@ -145,25 +145,25 @@ def test_lora_on_fp8_weights(nodes, slot_dir):
 def test_checkpoint_for_another_model_is_refused(nodes, slot_dir, base, name, message):
     from wanid_pack.wanid.slot.checkpoint import SlotIDModelMismatchError
     with pytest.raises(SlotIDModelMismatchError, match=message):
-        run(nodes.SlotIDLoader, model=base, slot_id_name=name, lora_strength=1.0)
+        run(nodes.WanIDSlotIDLoader, model=base, slot_id_name=name, lora_strength=1.0)
 
 
 def test_missing_file_and_non_wan_model(nodes, slot_dir, base):
     with pytest.raises(FileNotFoundError, match="slot_id_name: 'nope.safetensors' is not in models/slot_id"):
-        run(nodes.SlotIDLoader, model=base, slot_id_name="nope.safetensors")
+        run(nodes.WanIDSlotIDLoader, model=base, slot_id_name="nope.safetensors")
 
     class NotWan:
         model = type("M", (), {"diffusion_model": torch.nn.Linear(2, 2)})()
     with pytest.raises(ValueError, match="model: Slot-ID needs a Wan"):
-        run(nodes.SlotIDLoader, model=NotWan(), slot_id_name="fresh.safetensors")
+        run(nodes.WanIDSlotIDLoader, model=NotWan(), slot_id_name="fresh.safetensors")
 
 
 # ---------------------------------------------------------------- SlotEncoder
 def test_slot_encoder_node(nodes, slot_dir, base):
-    _, slot = run(nodes.SlotIDLoader, model=base, slot_id_name="trained.safetensors")
+    _, slot = run(nodes.WanIDSlotIDLoader, model=base, slot_id_name="trained.safetensors")
     clip = face_clip()
     vae = StubVAE()
-    ids, image = run(nodes.SlotEncoder, slot_id=slot, face_clip=clip, vae=vae)
+    ids, image = run(nodes.WanIDSlotEncoder, slot_id=slot, face_clip=clip, vae=vae)
     assert len(vae.calls) == 4 and vae.calls[0] == (1, 64, 64, 3)  # valid frames only, one by one
     assert ids.tokens.shape == (6, 4096) and ids.tokens.dtype == torch.float32 and ids.tokens.device.type == "cpu"
     assert ids.plan.shape == (4, 5) and ids.plan[:, 1].abs().max() == 0
@@ -180,11 +180,11 @@ def test_slot_encoder_node(nodes, slot_dir, base):
     torch.testing.assert_close(ids.tokens, ref.tokens, atol=1e-6, rtol=0)
 
     with pytest.raises(ValueError, match="vae: this Slot-ID checkpoint reads each crop's Wan VAE latent"):
-        run(nodes.SlotEncoder, slot_id=slot, face_clip=clip)
+        run(nodes.WanIDSlotEncoder, slot_id=slot, face_clip=clip)
     with pytest.raises(ValueError, match="antelopev2"):
-        run(nodes.SlotEncoder, slot_id=slot, face_clip=face_clip(embeddings=False), vae=vae)
+        run(nodes.WanIDSlotEncoder, slot_id=slot, face_clip=face_clip(embeddings=False), vae=vae)
     with pytest.raises(ValueError, match="vae: it encodes a crop to .*48"):
-        run(nodes.SlotEncoder, slot_id=slot, face_clip=clip, vae=StubVAE(48))
+        run(nodes.WanIDSlotEncoder, slot_id=slot, face_clip=clip, vae=StubVAE(48))
 
 
 def test_slot_encoder_with_comfy_wan_vae(nodes, slot_dir, base):
@@ -195,9 +195,9 @@ def test_slot_encoder_with_comfy_wan_vae(nodes, slot_dir, base):
     vae = comfy.sd.VAE(sd=tiny_wan.wan21_vae_state_dict(seed=0))
     vae.throw_exception_if_invalid()
     assert vae.latent_channels == 16 and vae.downscale_ratio[1:] == (8, 8)
-    _, slot = run(nodes.SlotIDLoader, model=base, slot_id_name="trained.safetensors")
+    _, slot = run(nodes.WanIDSlotIDLoader, model=base, slot_id_name="trained.safetensors")
     clip = face_clip(t=2, anchor=0)  # frame 1 invalid: one VAE encode
-    ids, _ = run(nodes.SlotEncoder, slot_id=slot, face_clip=clip, vae=vae)
+    ids, _ = run(nodes.WanIDSlotEncoder, slot_id=slot, face_clip=clip, vae=vae)
     assert ids.tokens.shape == (6, 4096) and torch.isfinite(ids.tokens).all()
     assert ids.plan.shape == (4, 2) and torch.equal(ids.plan[:, 0], torch.ones(4))
 
@@ -215,7 +215,7 @@ def test_inject_prepends_to_every_positive_and_pads_the_negative(nodes):
     pos = [[torch.randn(1, 512, 4096), {"a": 1}], [torch.randn(2, 520, 4096, dtype=torch.float16), {}]]
     neg = [[torch.randn(1, 512, 4096), {}]]
     pos_copy = [p[0].clone() for p in pos]
-    new_pos, new_neg = run(nodes.IdentityTokenInject, positive=pos, identity_tokens=ids, strength=0.5,
+    new_pos, new_neg = run(nodes.WanIDIdentityTokenInject, positive=pos, identity_tokens=ids, strength=0.5,
                            pad_negative=True, negative=neg)
     assert [p[0].shape for p in new_pos] == [(1, 518, 4096), (2, 526, 4096)]
     assert new_pos[0][1] == {"a": 1} and new_pos[0][1] is not pos[0][1]
@@ -227,11 +227,11 @@ def test_inject_prepends_to_every_positive_and_pads_the_negative(nodes):
     assert new_neg[0][0].shape == (1, 518, 4096) and torch.count_nonzero(new_neg[0][0][:, :6]) == 0
     assert torch.equal(new_neg[0][0][:, 6:], neg[0][0])
 
-    _, same_neg = run(nodes.IdentityTokenInject, positive=pos, identity_tokens=ids, strength=1.0,
+    _, same_neg = run(nodes.WanIDIdentityTokenInject, positive=pos, identity_tokens=ids, strength=1.0,
                       pad_negative=False, negative=neg)
     assert same_neg is neg
     with pytest.raises(ValueError, match=r"positive: entry 0 has shape \[1, 77, 768\]"):
-        run(nodes.IdentityTokenInject, positive=[[torch.zeros(1, 77, 768), {}]], negative=neg, identity_tokens=ids)
+        run(nodes.WanIDIdentityTokenInject, positive=[[torch.zeros(1, 77, 768), {}]], negative=neg, identity_tokens=ids)
 
 
 def _sample(model, positive, negative, steps=2, seed=0):
@@ -258,11 +258,11 @@ def test_negative_padding_gives_one_model_call_per_step(nodes, base):
     pos = [[torch.cat([torch.randn(1, 12, 4096, generator=g), torch.zeros(1, 500, 4096)], 1), {}]]
     neg = [[torch.cat([torch.randn(1, 5, 4096, generator=g), torch.zeros(1, 507, 4096)], 1), {}]]
     ids = _tokens()
-    p1, n1 = run(nodes.IdentityTokenInject, positive=pos, identity_tokens=ids, strength=1.0, pad_negative=True,
+    p1, n1 = run(nodes.WanIDIdentityTokenInject, positive=pos, identity_tokens=ids, strength=1.0, pad_negative=True,
                  negative=neg)
     out_pad, calls = _sample(base, p1, n1, steps=3)
     assert calls == [2, 2, 2]  # positive and negative batched: one call per step
-    p2, n2 = run(nodes.IdentityTokenInject, positive=pos, identity_tokens=ids, strength=1.0, pad_negative=False,
+    p2, n2 = run(nodes.WanIDIdentityTokenInject, positive=pos, identity_tokens=ids, strength=1.0, pad_negative=False,
                  negative=neg)
     out_nopad, calls = _sample(base, p2, n2, steps=3)
     assert calls == [1] * 6  # shapes differ: two calls per step
@@ -277,7 +277,7 @@ def test_tokens_reach_cross_attention(nodes, base):
     plain, _ = _sample(base, pos, neg)
     outs = []
     for strength in (1.0, 0.0):
-        p, n = run(nodes.IdentityTokenInject, positive=pos, identity_tokens=ids, strength=strength, negative=neg)
+        p, n = run(nodes.WanIDIdentityTokenInject, positive=pos, identity_tokens=ids, strength=strength, negative=neg)
         outs.append(_sample(base, p, n)[0])
     assert (outs[0] - plain).abs().max() > 1e-3  # the tokens change the output
     assert (outs[0] - outs[1]).abs().max() > 1e-3  # and so do the slot tokens alone

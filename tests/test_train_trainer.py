@@ -114,10 +114,10 @@ def test_checkpoint_loads_in_the_nodes_and_changes_sampling(trained, tmp_path):
     examples, path, *_ = trained
     name = _slot_dir(path, tmp_path)
     base = dit()
-    model, slot = nodes.SlotIDLoader.execute(model=base, slot_id_name=name, lora_strength=1.0).result
+    model, slot = nodes.WanIDSlotIDLoader.execute(model=base, slot_id_name=name, lora_strength=1.0).result
     assert slot.checkpoint.backbone == "tiny" and slot.checkpoint.num_blocks == 2
     ref = examples[0].tensors
-    tokens, routing = nodes.SlotEncoder.execute(slot_id=slot, face_clip=face_clip_of(ref),
+    tokens, routing = nodes.WanIDSlotEncoder.execute(slot_id=slot, face_clip=face_clip_of(ref),
                                                 vae=ReplayVAE(ref["ref_latents"])).result
     assert tokens.tokens.shape == (TINY_CONFIG["anchor_tokens"] + TINY_CONFIG["num_slots"], 4096)
 
@@ -137,7 +137,7 @@ def test_checkpoint_loads_in_the_nodes_and_changes_sampling(trained, tmp_path):
     text = torch.cat([ref["context"].float(), torch.zeros(10, 4096)])[None]
     pos = [[text, {}]]
     neg = [[torch.zeros(1, 16, 4096), {}]]
-    p_id, n_id = nodes.IdentityTokenInject.execute(positive=pos, identity_tokens=tokens, strength=1.0,
+    p_id, n_id = nodes.WanIDIdentityTokenInject.execute(positive=pos, identity_tokens=tokens, strength=1.0,
                                                    pad_negative=True, negative=neg).result
 
     def sample(m, positive, negative):

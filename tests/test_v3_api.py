@@ -24,3 +24,13 @@ def test_the_pinned_api_is_the_versioned_one(comfy_pack):
     from wanid_pack.nodes import v3
     assert v3.io is comfy_api.v0_0_2.io and v3.ui is comfy_api.v0_0_2.ui
     assert v3.ComfyExtension is comfy_api.v0_0_2.ComfyExtension
+
+
+@pytest.mark.integration
+def test_every_node_class_is_named_as_its_node_id(comfy_pack):
+    """Issue #11: a node is found by one name in code, logs and saved workflows (and the Slot-ID Encoder node no
+    longer shares its name with the nn.Module wanid.slot.encoder.SlotEncoder)."""
+    from wanid_pack import nodes
+    found = nodes.all_nodes()
+    assert found
+    assert [(c.__name__, c.GET_SCHEMA().node_id) for c in found if c.__name__ != c.GET_SCHEMA().node_id] == []
