@@ -314,8 +314,9 @@ def test_a_file_the_server_does_not_have_is_refused_before_queueing(server, tmp_
     assert "the workflow names files the server does not have (nothing was queued)" in r.stderr
     assert (f"node {clip_node} (WanIDReferenceClipLoader: Reference clip) video: 'gone.mp4' is not on the server "
             "(never uploaded to its input folder, or removed); give the file with --reference FILE") in r.stderr
-    assert (f"node {parse} (WanIDFaceCropParse) parser_model: model file 'parsing_bisenet.pth' is not installed on "
-            "the server; put it in ComfyUI/models/face_parsing/") in r.stderr
+    assert f"node {parse} (WanIDFaceCropParse: {wf.title_of(face[parse])}) parser_model: " in r.stderr
+    assert ("parser_model: model file 'parsing_bisenet.pth' is not installed on the server; put it in "
+            "ComfyUI/models/face_parsing/") in r.stderr
     assert "'none (fallback)'" in r.stderr  # what it has instead
     assert history_ids(server) == before and not (tmp_path / "out").exists()
     # a file in a subfolder of input/ (not in the combo's list) is found; the uploaded reference counts as there
@@ -441,6 +442,7 @@ def test_a_second_run_keeps_the_first_runs_downloads(server, tmp_path):
     for p in paths:
         assert p.read_bytes() == b"my edited file " + p.name.encode(), f"{p} was overwritten"
     names = {p.name for p in paths}
+    assert any(q.name.endswith(f"-2{q.suffix}") for q in again), second.stdout  # the cache repeated the names
     for q in again:  # a cached answer repeats the first run's names: those get "-2"; fresh ones ComfyUI numbered
         if q.name.endswith(f"-2{q.suffix}"):
             assert q.name.replace("-2.", ".") in names and "exists (an earlier run's); kept it" in second.stderr
