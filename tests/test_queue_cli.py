@@ -261,6 +261,16 @@ def test_a_missing_or_unreadable_workflow_exits_2(tmp_path):
     assert r.returncode == 2 and "not valid JSON" in r.stderr, r.stderr
 
 
+def test_an_out_that_is_a_file_exits_2(tmp_path):
+    (tmp_path / "taken").write_text("mine")
+    r = run_cli(FOLDER / "api" / "face_crop_parse.json", "--server", "http://127.0.0.1:9", "--out",
+                tmp_path / "taken" / "sub")
+    assert r.returncode == 2 and f"--out {tmp_path / 'taken' / 'sub'}: cannot write in" in r.stderr, r.stderr
+    r = run_cli(FOLDER / "api" / "face_crop_parse.json", "--server", "http://127.0.0.1:9", "--out", tmp_path / "taken")
+    assert r.returncode == 2 and "a file, not a folder" in r.stderr, r.stderr
+    assert (tmp_path / "taken").read_text() == "mine"
+
+
 def test_a_negative_timeout_exits_2():
     r = run_cli(FOLDER / "api" / "face_crop_parse.json", "--server", "http://127.0.0.1:9", "--timeout", "-1")
     assert r.returncode == 2 and "--timeout -1: give a number of seconds" in r.stderr, r.stderr

@@ -569,6 +569,18 @@ def build_prompt(args, client, log):
     return api
 
 
+def check_out_dir(out):
+    """Refuse an --out that cannot become a folder before anything is queued (it is created only for files)."""
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        raise wf.WorkflowError(f"--out {out}: a file, not a folder; give a folder for the downloads")
+    parent = path
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise wf.WorkflowError(f"--out {out}: cannot write in {parent}; give a folder you can write to")
+
+
 def _cancelled(client, prompt_id, why):
     what = client.cancel(prompt_id)
     return f"{why}; prompt {prompt_id} cancelled on the server: {what}"
@@ -585,6 +597,7 @@ def run(args):
         if not quiet:
             print(text, file=sys.stderr)
 
+    check_out_dir(args.out)
     api = build_prompt(args, client, log)
     if args.dry_run:
         print(json.dumps(api, indent=2, ensure_ascii=False))
@@ -639,7 +652,12 @@ def run(args):
     saved = []
     for nid, item in output_items(entry, previews=args.previews):
         dest = out_dir / item.get("subfolder", "") / item["filename"]
-        path = client.download(item, dest, force=args.force)
+        try:
+            path = client.download(item, dest, force=args.force)
+        except OSError as e:
+            raise QueueError(f"saving {dest} failed ({e.strerror or e}); the run finished: its files are in "
+                             f"ComfyUI's output folder (prompt {prompt_id}); free some space or give another --out"
+                             ) from None
         if path != dest:
             log(f"{dest} exists (an earlier run's); kept it and saved this run's as {path} (--force replaces)")
         saved.append(path)
