@@ -1,7 +1,7 @@
 """Run a workflow on a ComfyUI server without the browser.
 
     python -m wanid queue workflows/api/standin_wan21_t2v_14b.json --server http://127.0.0.1:8188 \\
-        --reference clip.mp4 --prompt "a man rides a bicycle through a park" --set 11.steps=30 --seed 7
+        --reference clip.mp4 --prompt "a man rides a bicycle through a park" --set 12.steps=30 --seed 7
 
 Steps: load the workflow (API format; a UI workflow is converted with the server's node schemas), upload the
 reference (a video goes to every Reference Clip Loader, an image to LoadImage or, without one, into the clip

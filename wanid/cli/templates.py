@@ -7,7 +7,7 @@ workflows/<name>.json      UI workflows: ComfyUI's template browser lists these 
                                    Templates > ComfyUI-WanIdentity); the editor opens them.
 workflows/api/<name>.json  their API-format twins, for POST /prompt and `python -m wanid queue`.
 The API graphs below are the source; the UI twins are generated from them with the server's node schemas
-(workflow.api_to_ui), so the two cannot drift. Node ids are the same in both: `--set 11.steps=30` names the
+(workflow.api_to_ui), so the two cannot drift. Node ids are the same in both: `--set 12.steps=30` names the
 node the editor shows as #11.
 """
 import argparse

@@ -360,7 +360,7 @@ def apply_set(api, assignment):
     target, sep, raw = assignment.partition("=")
     ref, dot, name = target.rpartition(".")
     if not sep or not dot or not ref or not name:
-        raise WorkflowError(f"--set {assignment!r}: expected NODE.INPUT=VALUE, e.g. --set 11.steps=30 "
+        raise WorkflowError(f"--set {assignment!r}: expected NODE.INPUT=VALUE, e.g. --set 12.steps=30 "
                             "or --set 'KSampler.cfg=4.5'")
     cuts = [i for i, c in enumerate(target) if c == "."]
     first_error = None
