@@ -134,7 +134,7 @@ def test_truncated_files_name_the_problem(pth, tmp_path):
     data = pth.read_bytes()
     bad = tmp_path / "parsing_bisenet.pth"
     bad.write_bytes(data[: len(data) // 2])
-    with pytest.raises(FaceParsingError, match=r"could not read the face parser file 'parsing_bisenet\.pth'.*"
+    with pytest.raises(FaceParsingError, match=r"face parser file parsing_bisenet\.pth is unreadable.*"
                                                r"truncated.*models/face_parsing"):
         load_face_parser(str(bad))
     bad = tmp_path / "half.safetensors"
@@ -179,7 +179,8 @@ def test_pickled_code_is_never_executed(tmp_path, capsys):
     buf = io.BytesIO()
     torch.save({"x": _Payload()}, buf)
     path.write_bytes(buf.getvalue())
-    with pytest.raises(FaceParsingError, match="could not read"):
+    # the same refusal as for a Stand-In file or a training state (wanid.tensor_file.read_tensor_file)
+    with pytest.raises(FaceParsingError, match="evil.pth is refused: it holds pickled code, not only tensors"):
         load_face_parser(str(path))
     assert "pickled code ran" not in capsys.readouterr().out
 

@@ -331,7 +331,9 @@ def standin_checks(host):
 
 
 def slot_id_checks(host):
-    from .slot.checkpoint import FORMAT, VERSION
+    """Each file through the node's own loader and validator (wanid.slot.checkpoint.load_checkpoint), so the report
+    says OK exactly for the files the Slot-ID Loader accepts."""
+    from .slot.checkpoint import FORMAT, VERSION, load_checkpoint
     folder = _folder_of(host, "slot_id")
     files = host.folders.get("slot_id", ([], []))[1]
     if not files:
@@ -341,36 +343,33 @@ def slot_id_checks(host):
     out, good = [], False
     for name, path in files:
         try:
-            shapes, meta = _safetensors_shapes(path)
-        except Exception as e:  # noqa: BLE001
-            out.append(Check(WARN, f"Slot-ID {name} ({_size(path)}): unreadable ({type(e).__name__}: "
-                                   f"{_first_line(e, 150)})", "export or download it again"))
+            ckpt = load_checkpoint(path)
+        except Exception as e:  # noqa: BLE001 - SlotIDCheckpointError (or a reader error): name the file
+            base = os.path.basename(path)
+            msg = str(e).replace(f"Slot-ID file {base}", "").replace(f"Slot-ID {base}", "").strip(" :")
+            fix = "export or download it again"
+            if "not a Slot-ID checkpoint" in msg:
+                fix = "a Stand-In file: move it to models/stand_in" if _has_self_attn_keys(path) else \
+                    "a plain LoRA goes into models/loras"
+            elif "this pack reads version" in msg:
+                fix = "update the pack"
+            out.append(Check(WARN, f"Slot-ID {name} ({_size(path)}): {msg}", fix))
             continue
-        if meta.get("format") != FORMAT:
-            where = "a Stand-In file: move it to models/stand_in" if any(".self_attn." in k for k in shapes) else \
-                "a plain LoRA goes into models/loras"
-            out.append(Check(WARN, f"Slot-ID {name}: metadata format {meta.get('format')!r}, not a Slot-ID "
-                                   "checkpoint", where))
-            continue
-        if meta.get("version") != VERSION:
-            out.append(Check(WARN, f"Slot-ID {name}: format version {meta.get('version')!r}, this pack reads {VERSION}",
-                             "update the pack"))
-            continue
-        try:
-            dim = int(meta.get("dim", ""))
-        except ValueError:
-            out.append(Check(WARN, f"Slot-ID {name}: metadata dim {meta.get('dim')!r} is not a number",
-                             "export it again"))
-            continue
-        blocks = meta.get("num_blocks", "?")
-        backbone = meta.get("backbone") or "unnamed"
-        fit = wan_of(dim, int(blocks) if str(blocks).isdigit() else None)
+        backbone = ckpt.backbone or "unnamed"
+        fit = wan_of(ckpt.dim, ckpt.num_blocks)
         status = OK if fit.startswith("fits") else WARN
         out.append(Check(status, f"Slot-ID {name} ({_size(path)}): format {FORMAT} v{VERSION}, backbone {backbone}, "
-                                 f"dim {dim}, {blocks} blocks, {fit}",
+                                 f"dim {ckpt.dim}, {ckpt.num_blocks} blocks, {fit}",
                          "" if status == OK else "use a Slot-ID checkpoint trained for your Wan model"))
         good = good or status == OK
     return out, good
+
+
+def _has_self_attn_keys(path):
+    try:
+        return any(".self_attn." in k for k in _safetensors_shapes(path)[0])
+    except Exception:  # noqa: BLE001 - unreadable header: not a Stand-In file either
+        return False
 
 
 def face_parsing_checks(host):

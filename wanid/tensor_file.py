@@ -27,3 +27,18 @@ def load_error_kind(error):
     if "Unsupported global" in text or "Unsupported class" in text:
         return "refused: it holds pickled code, not only tensors"
     return "unreadable"
+
+
+def read_tensor_file(path, what, fix, error=ValueError, mmap=False):
+    """The one reader of the pack's tensor files (Stand-In, BiSeNet, training state): load_tensor_file, with one
+    wording for what goes wrong. what: the file as the user knows it ("Stand-In file"), followed by its name; fix:
+    what to do. A 0-byte file, a file with pickled code (refused, never run) and a damaged or foreign file raise
+    `error` saying which; a missing file is the caller's to word (it knows where the file belongs)."""
+    name = os.path.basename(os.fspath(path))
+    if os.path.getsize(path) == 0:
+        raise error(f"{what} {name} is empty (0 bytes): a download or copy that did not finish. {fix}")
+    try:
+        return load_tensor_file(path, mmap=mmap)
+    except Exception as e:  # truncated zip, wrong format, or a pickle that wants to run code
+        from .errors import describe
+        raise error(f"{what} {name} is {load_error_kind(e)} ({describe(e)}). {fix}") from e

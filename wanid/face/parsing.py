@@ -17,7 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import WanIDError
-from ..tensor_file import load_tensor_file
+from ..tensor_file import read_tensor_file
 
 PARSE_SIZE = 512
 NUM_CLASSES = 19
@@ -184,14 +184,10 @@ class BiSeNet(nn.Module):
 
 def _read_state_dict(path):
     path = os.fspath(path)
-    name = os.path.basename(path)
     if not os.path.isfile(path):
         raise FaceParsingError(f"face parser file not found: {path}; {EXPECTED_FILE}")
-    try:
-        return load_tensor_file(path)
-    except Exception as e:  # truncated / not a checkpoint / pickled code refused by weights_only
-        raise FaceParsingError(f"could not read the face parser file '{name}' ({type(e).__name__}: {e}); "
-                               f"the file may be truncated or not a BiSeNet checkpoint: {EXPECTED_FILE}") from e
+    return read_tensor_file(path, "face parser file", f"It may be truncated or not a BiSeNet checkpoint: {EXPECTED_FILE}.",
+                            error=FaceParsingError)
 
 
 def _unwrap(sd, name):

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..errors import WanIDError, check_finite, describe
-from ..tensor_file import load_tensor_file
+from ..errors import WanIDError, check_finite
+from ..tensor_file import read_tensor_file
 
 KEY_RE = re.compile(r"^blocks\.(\d+)\.self_attn\.([qkv])_loras\.(down|up)\.weight$")
 PREFIXES = ("model.diffusion_model.", "diffusion_model.", "module.", "model.")
@@ -53,20 +53,11 @@ def read_tensors(path, mmap=False):
     """The tensor dict of a .safetensors or torch file, never unpickling arbitrary objects. mmap: map a torch zip
     file's storages instead of reading them (Setup Check; the node reads them, so a file replaced later cannot
     pull pages away under a loaded model)."""
-    name = os.path.basename(path)
     if not os.path.isfile(path):
         raise StandInCheckpointError(f"Stand-In file not found: {path}. Put the official .ckpt in models/stand_in.")
-    if os.path.getsize(path) == 0:
-        raise StandInCheckpointError(
-            f"Stand-In file {name} is empty (0 bytes): a download or copy that did not finish. "
-            f"Download it again (Stand-In_wan2.1_T2V_14B.ckpt, or the Wan 2.2 high/low pair).")
-    try:
-        return load_tensor_file(path, mmap=mmap)
-    except Exception as e:  # truncated zip, wrong format, or a pickle that wants to run code
-        kind = "refused: it holds pickled code, not only tensors" if "weights_only" in str(e) else "unreadable"
-        raise StandInCheckpointError(
-            f"Stand-In file {name} is {kind} ({describe(e)}). "
-            f"Download it again (Stand-In_wan2.1_T2V_14B.ckpt, or the Wan 2.2 high/low pair).") from e
+    return read_tensor_file(path, "Stand-In file",
+                            "Download it again (Stand-In_wan2.1_T2V_14B.ckpt, or the Wan 2.2 high/low pair).",
+                            error=StandInCheckpointError, mmap=mmap)
 
 
 def normalize_keys(raw, source):

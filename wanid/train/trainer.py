@@ -28,7 +28,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ..slot.checkpoint import SlotIDCheckpoint, load_checkpoint, save_checkpoint
 from ..slot.encoder import SlotEncoder, batch_inputs
-from ..tensor_file import load_tensor_file
+from ..tensor_file import read_tensor_file
 from .comfy_host import training_mode  # imports no ComfyUI; a no-op without a loaded ComfyUI
 from .dataset import pad_context, pad_reference
 from .lora import CrossAttnLoRA
@@ -291,7 +291,8 @@ class Trainer:
         if os.path.isdir(state_path):
             with open(os.path.join(state_path, "latest.json")) as f:
                 state_path = os.path.join(state_path, json.load(f)["state"])
-        state = load_tensor_file(state_path)  # never unpickles code
+        state = read_tensor_file(state_path, "training state", "Resume from another step_NNNNNN.state.pt, or start "
+                                 "the run again.")  # never unpickles code
         if state.get("format") != STATE_FORMAT:
             raise ValueError(f"{state_path} is not a Slot-ID training state")
         saved = json.loads(state["config"])
