@@ -2,7 +2,7 @@
 
 Each ComfyUI root (tests/comfy_roots.py: COMFYUI_PATH with several roots separated like PATH, else ~/ComfyUI and
 ~/ComfyUI-*, else the ComfyUI this pack sits in) gets its own venv under ~/.cache, built once from THAT ComfyUI's
-requirements.txt (minus torch*, which come from one shared layer) plus the pack's requirements, keyed by their hash.
+requirements.txt (minus torch/torchvision, which come from one shared layer) plus the pack's requirements, keyed by their hash.
 Without any ComfyUI the suite runs once and the integration tests skip with the reason. At the end a table says,
 per version, how many integration tests ran, passed and skipped; the exit code is non-zero if any run failed.
 
@@ -147,7 +147,7 @@ def main(argv):
         for k in totals:
             totals[k] += result.get("all", {}).get(k, 0)
     failed_runs = [label for label, rc, _ in runs if rc != 0]
-    print(f"all runs: {totals['passed']} passed, {totals['failed']} failed, {totals['skipped']} skipped")
+    print(f"total: {totals['passed']} passed, {totals['failed']} failed, {totals['skipped']} skipped")
     if failed_runs:
         print(f"[test] FAILED against: {'; '.join(failed_runs)}")
         return 1
