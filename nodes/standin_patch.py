@@ -146,11 +146,7 @@ class StandInPatch:
         return run.kv[i]
 
     def _offload_lora(self):
-        """With every block's K/V cached the LoRA is idle until the next run: hand its memory back the way
-        ComfyUI frees memory itself (the next run's load_models_gpu loads it again)."""
-        p = self.lora_patcher
-        if p.load_device != p.offload_device and p.loaded_size() > 0:
-            p.partially_unload(p.offload_device, memory_to_free=p.model_size())
+        offload_side_model(self.lora_patcher)
 
     # --- per-block replace -------------------------------------------------------------------------------------
     def block_replace(self, index, previous):
@@ -232,23 +228,38 @@ def check_model(patcher, weights):
     return model
 
 
-def lora_patcher(weights, disable_dynamic=False):
-    """Stand-In's LoRA in its own patcher, built as core builds side models (comfy_extras/nodes_model_patch.py):
-    manual_cast layers, a CoreModelPatcher (the dynamic-VRAM one where ComfyUI enabled it; a plain ModelPatcher
-    among the loaded models would turn dynamic freeing off for the whole load), and load_state_dict with
-    assign=is_dynamic(): dynamic layers have no weight until their state dict is assigned. cached_patcher_init
-    lets native multi-GPU make a fresh copy per device."""
+def side_model_patcher(build, state_dict, cached_init, disable_dynamic=False):
+    """A patch's own weights in their own patcher, built as core builds side models (comfy_extras/nodes_model_patch.py):
+    build(operations, device) makes the module of manual_cast layers on the offload device; a CoreModelPatcher (the
+    dynamic-VRAM one where ComfyUI enabled it; a plain ModelPatcher among the loaded models would turn dynamic
+    freeing off for the whole load); load_state_dict with assign=is_dynamic(): dynamic layers have no weight until
+    their state dict is assigned. cached_init (function, args) lets native multi-GPU make a fresh copy per device.
+    Shared by Stand-In (its LoRA) and Lynx (its adapters)."""
     core = getattr(comfy.model_patcher, "CoreModelPatcher", comfy.model_patcher.ModelPatcher)
     cls = comfy.model_patcher.ModelPatcher if disable_dynamic else core
     offload = comfy.model_management.unet_offload_device()
-    module = StandInLoRA(weights.num_blocks, weights.dim, weights.rank, operations=comfy.ops.manual_cast,
-                         device=offload)
+    module = build(comfy.ops.manual_cast, offload)
     patcher = cls(module, load_device=comfy.model_management.get_torch_device(), offload_device=offload)
     is_dynamic = getattr(patcher, "is_dynamic", lambda: False)()
-    module.load_state_dict(weights.state_dict, strict=True, assign=is_dynamic)
+    module.load_state_dict(state_dict, strict=True, assign=is_dynamic)
     module.eval().requires_grad_(False)
-    patcher.cached_patcher_init = (lora_patcher, (weights,))
+    patcher.cached_patcher_init = cached_init
     return patcher
+
+
+def offload_side_model(patcher):
+    """Once a run's caches are built the side model is idle until the next run: hand its memory back the way
+    ComfyUI frees memory itself (the next run's load_models_gpu loads it again)."""
+    if patcher.load_device != patcher.offload_device and patcher.loaded_size() > 0:
+        patcher.partially_unload(patcher.offload_device, memory_to_free=patcher.model_size())
+
+
+def lora_patcher(weights, disable_dynamic=False):
+    """Stand-In's LoRA in its own side-model patcher (side_model_patcher)."""
+    return side_model_patcher(
+        lambda operations, device: StandInLoRA(weights.num_blocks, weights.dim, weights.rank, operations=operations,
+                                               device=device),
+        weights.state_dict, (lora_patcher, (weights,)), disable_dynamic)
 
 
 def _attach(out, patch, num_blocks):

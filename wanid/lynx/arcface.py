@@ -12,7 +12,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..tensor_file import load_error_kind, load_tensor_file
+from ..errors import WanIDError
+from ..tensor_file import read_tensor_file
 from ..face.align import norm_crop
 
 # (in_channels, depth, units) of the four IR-SE50 stages; the first unit of each stage has stride 2
@@ -67,19 +68,15 @@ class ArcFaceIRSE50(nn.Module):
         return y / y.norm(dim=1, keepdim=True)
 
 
-class ArcFaceFileError(ValueError):
+class ArcFaceFileError(WanIDError):
     pass
 
 
 def load_arcface(path):
     """The IR-SE50 with the weights of `path` (.pth read with weights_only, or .safetensors), in eval mode."""
     name = os.path.basename(path)
-    try:
-        sd = load_tensor_file(path)
-    except Exception as e:
-        kind = load_error_kind(e)
-        raise ArcFaceFileError(f"arcface_name: {name} is {kind} ({type(e).__name__}: {str(e).splitlines()[0][:160]}). "
-                               "Download recognition_arcface_ir_se50.pth (facexlib) again.") from e
+    sd = read_tensor_file(path, "arcface_name:", "Download recognition_arcface_ir_se50.pth (facexlib) again.",
+                          error=ArcFaceFileError)
     sd = sd.get("state_dict", sd) if isinstance(sd, dict) else sd
     if not isinstance(sd, dict):
         raise ArcFaceFileError(f"arcface_name: {name} holds a {type(sd).__name__}, not a dict of tensors.")

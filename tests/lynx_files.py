@@ -1,0 +1,96 @@
+"""Random-weight Lynx files in the official formats (Hugging Face ByteDance/lynx, lynx_full/ and lynx_lite/), sized for
+the tiny Wan of tests/tiny_wan.py; and the oracle environment (scripts/lynx_oracle_env.py) if this machine has it.
+
+    lynx_tensors(variant, dim, layers, ...) -> (resampler, ip, ref)   dicts of tensors ({} ref for lite)
+    write_lynx(folder, variant, ...)                                    the three .safetensors files
+    oracle() -> (python, repo) or None                                  the official code's process, if built
+"""
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def resampler_tensors(g, dim=128, depth=2, heads=2, queries=16, emb=512, out=256, ff=4):
+    sd = {"latents": torch.randn(1, queries, dim, generator=g) / math.sqrt(dim),
+          "proj_in.weight": torch.randn(dim, emb, generator=g) / math.sqrt(emb),
+          "proj_in.bias": 0.05 * torch.randn(dim, generator=g),
+          "proj_out.weight": torch.randn(out, dim, generator=g) / math.sqrt(dim),
+          "proj_out.bias": 0.05 * torch.randn(out, generator=g),
+          "norm_out.weight": 1 + 0.1 * torch.randn(out, generator=g),
+          "norm_out.bias": 0.05 * torch.randn(out, generator=g)}
+    inner = heads * 64
+    for i in range(depth):
+        p = f"layers.{i}."
+        for n in ("0.norm1", "0.norm2", "1.0"):
+            sd[f"{p}{n}.weight"] = 1 + 0.1 * torch.randn(dim, generator=g)
+            sd[f"{p}{n}.bias"] = 0.05 * torch.randn(dim, generator=g)
+        sd[f"{p}0.to_q.weight"] = torch.randn(inner, dim, generator=g) / math.sqrt(dim)
+        sd[f"{p}0.to_kv.weight"] = torch.randn(2 * inner, dim, generator=g) / math.sqrt(dim)
+        sd[f"{p}0.to_out.weight"] = torch.randn(dim, inner, generator=g) / math.sqrt(inner)
+        sd[f"{p}1.1.weight"] = torch.randn(dim * ff, dim, generator=g) / math.sqrt(dim)
+        sd[f"{p}1.3.weight"] = torch.randn(dim, dim * ff, generator=g) / math.sqrt(dim * ff)
+    return sd
+
+
+def lynx_tensors(variant="full", dim=256, layers=3, registers=2, token_dim=None, seed=7):
+    """Official-format tensors: full = every block, biases, registers, ref layers; lite = every second block, no
+    biases, tokens of width token_dim (2048 at 14B; 192 here by default), no ref layers."""
+    g = torch.Generator().manual_seed(seed)
+    token_dim = token_dim or (dim if variant == "full" else 192)
+    resampler = resampler_tensors(g, out=token_dim)
+    n = layers if variant == "full" else len(range(0, layers, 2))
+    ip = {}
+    for i in range(n):
+        for p in ("to_k_ip", "to_v_ip"):
+            ip[f"{i}.{p}.weight"] = torch.randn(dim, token_dim, generator=g) / math.sqrt(token_dim)
+            if variant == "full":
+                ip[f"{i}.{p}.bias"] = 0.05 * torch.randn(dim, generator=g)
+        if variant == "full" and registers:
+            ip[f"{i}.registers"] = torch.randn(1, registers, token_dim, generator=g)
+    ref = {}
+    if variant == "full":
+        for i in range(layers):
+            for p in ("to_k_ref", "to_v_ref"):
+                ref[f"{i}.{p}.weight"] = torch.randn(dim, dim, generator=g) / math.sqrt(dim)
+                ref[f"{i}.{p}.bias"] = 0.05 * torch.randn(dim, generator=g)
+    return resampler, ip, ref
+
+
+def write_lynx(folder, variant="full", **kw):
+    from safetensors.torch import save_file
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    resampler, ip, ref = lynx_tensors(variant, **kw)
+    save_file(resampler, str(folder / "resampler.safetensors"))
+    save_file(ip, str(folder / "ip_layers.safetensors"))
+    if ref:
+        save_file(ref, str(folder / "ref_layers.safetensors"))
+    return folder
+
+
+def oracle():
+    """(python, repo, None) of the official-code environment, or (None, None, why). The venv is built here when the
+    repository copy exists (or WANID_LYNX_REPO names one) and only the venv is missing (about two minutes)."""
+    script = [sys.executable, str(REPO / "scripts" / "lynx_oracle_env.py")]
+
+    def ask(*extra, timeout=60):
+        r = subprocess.run(script + list(extra), capture_output=True, text=True, timeout=timeout)
+        return r, dict(line.split("=", 1) for line in r.stdout.splitlines() if "=" in line)
+
+    r, found = ask("--print")
+    if not found.get("python") and (found.get("repo") or os.environ.get("WANID_LYNX_REPO")):
+        try:
+            r, found = ask(timeout=900)
+        except subprocess.TimeoutExpired:
+            return None, None, "building the Lynx oracle venv took over 15 minutes"
+    if r.returncode != 0 or not found.get("python") or not found.get("repo"):
+        return None, None, ("the official Lynx code is not set up here (" + (r.stderr.strip().splitlines() or
+                            ["?"])[-1] + "); run: python scripts/lynx_oracle_env.py --repo <copy of "
+                            "github.com/bytedance/lynx>")
+    return found["python"], found["repo"], None

@@ -1,0 +1,276 @@
+"""Lynx on a real (tiny, random) native Wan model in a real ComfyUI, against the OFFICIAL Lynx code.
+
+The official code (github.com/bytedance/lynx, on diffusers from PyPI) runs in its own process (tests/lynx_oracle.py,
+environment from scripts/lynx_oracle_env.py); without it those tests skip with the reason. Everything else
+(files, counts, bit-identity, scales, errors) runs on ComfyUI alone.
+"""
+import json
+import math
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+import lynx_files
+import tiny_wan
+
+pytestmark = pytest.mark.integration
+
+DIM, LAYERS, FFN = 256, 3, 256
+HERE = Path(__file__).resolve().parent
+
+
+@pytest.fixture(scope="module")
+def pack(comfy_pack):
+    return comfy_pack
+
+
+@pytest.fixture(scope="module")
+def lynx(pack):
+    from wanid_pack.nodes import lynx_patch
+    from wanid_pack.wanid.lynx import checkpoint
+    return lynx_patch, checkpoint
+
+
+@pytest.fixture(scope="module")
+def base():
+    return tiny_wan.load_tiny_wan_patcher("fp32", dim=DIM, layers=LAYERS, ffn=FFN, seed=3)
+
+
+def weights_of(checkpoint, variant, **kw):
+    resampler, ip, ref = lynx_files.lynx_tensors(variant, dim=DIM, layers=LAYERS, **kw)
+    return checkpoint.parse(resampler, ip, ref, f"lynx_{variant}")
+
+
+def case(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    steps = []
+    for k in range(2):  # two sampling steps, each with a positive and a negative call
+        x = torch.randn(1, 16, 2, 8, 8, generator=g)
+        t = torch.tensor([900.0 - 500.0 * k])
+        pos, neg = (torch.zeros(1, 512, 4096) for _ in range(2))
+        pos[:, :7] = torch.randn(1, 7, 4096, generator=g)
+        neg[:, :5] = torch.randn(1, 5, 4096, generator=g)
+        steps.append((x, t, pos, neg))
+    emb = torch.nn.functional.normalize(torch.randn(512, generator=g), dim=0)
+    ref_pos = torch.randn(1, 16, 1, 8, 8, generator=g)
+    ref_neg = 0.3 * torch.randn(1, 16, 1, 8, 8, generator=g)  # the zeroed image's latent is not zero
+    ref_ctx = torch.zeros(1, 512, 4096)
+    ref_ctx[:, :6] = torch.randn(1, 6, 4096, generator=g)
+    return steps, emb, (ref_pos, ref_neg), ref_ctx
+
+
+def call(patcher, x, t, ctx, cond_or_uncond=(0,)):
+    import comfy.model_management
+    options = tiny_wan.sampler_options(patcher)
+    options["cond_or_uncond"] = list(cond_or_uncond)
+    with torch.no_grad():
+        comfy.model_management.load_models_gpu([patcher] + patcher.get_nested_additional_models())
+        return patcher.model.diffusion_model(x, t, ctx, transformer_options=options).float()
+
+
+def native_outputs(patcher, steps):
+    """[pos step 0, neg step 0, pos step 1, neg step 1] in one run (no reset between), as a sampler calls."""
+    out = []
+    for x, t, pos, neg in steps:
+        out += [call(patcher, x, t, pos, (0,)), call(patcher, x, t, neg, (1,))]
+    return out
+
+
+def rel_err(a, b):
+    return ((a.double() - b.double()).norm() / b.double().norm()).item()
+
+
+def run_oracle(tmp_path, variant, steps, emb, ref, ref_ctx, ip_scale, ref_scale, wrong=None):
+    python, repo, why = lynx_files.oracle()
+    if why:
+        pytest.skip(why)
+    from safetensors.torch import save_file
+    resampler, ip, refl = lynx_files.lynx_tensors(variant, dim=DIM, layers=LAYERS)
+    sd = {f"wan.{k}": v for k, v in tiny_wan.tiny_wan_state_dict(dim=DIM, layers=LAYERS, ffn=FFN, seed=3).items()}
+    sd.update({f"resampler.{k}": v for k, v in resampler.items()})
+    sd.update({f"ip.{k}": v for k, v in ip.items()})
+    sd.update({f"ref.{k}": v for k, v in refl.items()})
+    sd["embedding"] = emb
+    if variant == "full":
+        sd["ref_pos"], sd["ref_neg"], sd["ref_ctx"] = ref[0], ref[1], ref_ctx
+    k = 0
+    for x, t, pos, neg in steps:
+        for ctx, is_neg in ((pos, 0), (neg, 1)):
+            sd[f"x.{k}"], sd[f"t.{k}"], sd[f"ctx.{k}"], sd[f"neg.{k}"] = x, t, ctx, torch.tensor(is_neg)
+            k += 1
+    cfg = dict(variant=variant, dim=DIM, layers=LAYERS, ffn=FFN, ip_scale=ip_scale, ref_scale=ref_scale, wrong=wrong)
+    inp, outp = tmp_path / f"in_{variant}.safetensors", tmp_path / f"out_{variant}.safetensors"
+    save_file({k: v.clone().contiguous() for k, v in sd.items()}, str(inp), metadata={"config": json.dumps(cfg)})
+    r = subprocess.run([python, str(HERE / "lynx_oracle.py"), repo, str(inp), str(outp)], capture_output=True,
+                       text=True, timeout=600)
+    assert r.returncode == 0, f"official Lynx code failed:\n{r.stderr[-4000:]}"
+    from safetensors.torch import load_file
+    out = load_file(str(outp))
+    return [out[f"out.{i}"] for i in range(k)]
+
+
+@pytest.mark.parametrize("variant,ip_scale,ref_scale", [("lite", 1.0, 0.0), ("full", 1.0, 1.0),
+                                                         ("full", 0.7, 1.6)])
+def test_equals_official_lynx(tmp_path, base, lynx, variant, ip_scale, ref_scale):
+    lynx_patch, checkpoint = lynx
+    steps, emb, ref, ref_ctx = case(seed=11)
+    expected = run_oracle(tmp_path, variant, steps, emb, ref, ref_ctx, ip_scale, ref_scale)
+    patched = lynx_patch.apply_lynx(base, weights_of(checkpoint, variant), emb, ref, ref_ctx, ip_scale, ref_scale)
+    got = native_outputs(patched, steps)
+    unpatched = native_outputs(base, steps)
+    for i, (a, b, u) in enumerate(zip(got, expected, unpatched)):
+        assert rel_err(a, b) <= 1e-5, f"call {i} ({'neg' if i % 2 else 'pos'}, step {i // 2}): {rel_err(a, b):.2e}"
+        assert rel_err(u, b) > 1e-3, f"call {i}: the adapters barely matter at this size"
+    # one batched positive+negative call (ComfyUI's usual) gives the same
+    x, t, pos, neg = steps[1]
+    both = call(patched, torch.cat([x, x]), torch.cat([t, t]), torch.cat([pos, neg]), (0, 1))
+    assert rel_err(both[:1], expected[2]) <= 1e-5 and rel_err(both[1:], expected[3]) <= 1e-5
+
+
+def test_a_wrong_variant_is_detected(tmp_path, base, lynx):
+    """The comparison is sharp: the official code with the negative's tokens taken from the positive (a plausible
+    mistake) is far outside the tolerance."""
+    lynx_patch, checkpoint = lynx
+    steps, emb, ref, ref_ctx = case(seed=11)
+    wrong = run_oracle(tmp_path, "lite", steps, emb, ref, ref_ctx, 1.0, 0.0, wrong="negative_uses_positive_tokens")
+    got = native_outputs(lynx_patch.apply_lynx(base, weights_of(checkpoint, "lite"), emb), steps)
+    assert rel_err(got[0], wrong[0]) <= 1e-5  # positive unchanged
+    assert rel_err(got[1], wrong[1]) > 1e-3   # the negative's zero-embedding tokens matter
+
+
+# --- files -------------------------------------------------------------------------------------------------------
+
+def test_official_folders_load_and_are_checked_against_the_model(tmp_path, lynx):
+    _, checkpoint = lynx
+    full = checkpoint.load_lynx(str(lynx_files.write_lynx(tmp_path / "lynx_full", "full", dim=DIM, layers=LAYERS)))
+    lite = checkpoint.load_lynx(str(lynx_files.write_lynx(tmp_path / "lynx_lite", "lite", dim=DIM, layers=LAYERS)))
+    assert (full.variant, full.ip_layers, full.ref_layers, full.registers) == ("full", 3, 3, 2)
+    assert (lite.variant, lite.ip_layers, lite.ref_layers, lite.ip_blocks(LAYERS)) == ("lite", 2, 0, [0, 2])
+    full.check_against(LAYERS, DIM)
+    with pytest.raises(checkpoint.LynxFileError, match="projects to width 256, but 14B has dim 5120"):
+        full.check_against(40, 5120, "14B")
+    with pytest.raises(checkpoint.LynxFileError, match="ip_layers has 2 layers, but m has 40 blocks and lite Lynx needs 20"):
+        lite.check_against(40, DIM, "m")
+
+
+def test_bad_files_are_refused_naming_the_first_problem(tmp_path, lynx):
+    _, checkpoint = lynx
+    from safetensors.torch import save_file
+    resampler, ip, ref = lynx_files.lynx_tensors("full", dim=DIM, layers=LAYERS)
+    with pytest.raises(checkpoint.LynxFileError, match="1.to_v_ip.weight has shape \\[256, 100\\]"):
+        checkpoint.parse(resampler, {**ip, "1.to_v_ip.weight": torch.zeros(DIM, 100)}, ref)
+    with pytest.raises(checkpoint.LynxFileError, match="ip_layers layer 1 is missing"):
+        checkpoint.parse(resampler, {k: v for k, v in ip.items() if not k.startswith("1.")}, ref)
+    lite_r, lite_ip, _ = lynx_files.lynx_tensors("lite", dim=DIM, layers=LAYERS)
+    with pytest.raises(checkpoint.LynxFileError, match="must belong together"):
+        checkpoint.parse(resampler, lite_ip, {})
+    with pytest.raises(checkpoint.LynxFileError, match="Lynx lite has no Ref adapter"):
+        checkpoint.parse(lite_r, lite_ip, ref)
+    folder = lynx_files.write_lynx(tmp_path / "nan", "full", dim=DIM, layers=LAYERS)
+    bad = dict(ref)
+    bad["2.to_k_ref.bias"] = torch.full((DIM,), float("inf"))
+    save_file(bad, str(folder / "ref_layers.safetensors"))
+    with pytest.raises(checkpoint.LynxFileError, match="nan/ref_layers.safetensors: 2.to_k_ref.bias holds NaN or inf"):
+        checkpoint.load_lynx(str(folder))
+    save_file(ref, str(folder / "ref_layers.safetensors"))
+    (folder / "ip_layers.safetensors").write_bytes(b"\0" * 8)
+    with pytest.raises(checkpoint.LynxFileError, match="Lynx file ip_layers.safetensors is unreadable"):
+        checkpoint.load_lynx(str(folder))
+    (folder / "ip_layers.safetensors").unlink()
+    with pytest.raises(checkpoint.LynxFileError, match="has no ip_layers.safetensors"):
+        checkpoint.load_lynx(str(folder))
+
+
+# --- on the native model -----------------------------------------------------------------------------------------
+
+def test_unpatched_model_stays_bit_identical_and_zero_scales_are_unpatched(base, lynx):
+    lynx_patch, checkpoint = lynx
+    steps, emb, ref, ref_ctx = case(seed=5)
+    x, t, pos, _ = steps[0]
+    weights = {k: v.clone() for k, v in base.model.state_dict().items()}
+    before = call(base, x, t, pos)
+    patched = lynx_patch.apply_lynx(base, weights_of(checkpoint, "full"), emb, ref, ref_ctx, 1.0, 1.0)
+    assert not torch.equal(call(patched, x, t, pos), before)
+    assert torch.equal(call(base, x, t, pos), before)
+    assert all(torch.equal(v, weights[k]) for k, v in base.model.state_dict().items())
+    off = lynx_patch.apply_lynx(base, weights_of(checkpoint, "full"), emb, ref, ref_ctx, 0.0, 0.0)
+    assert torch.equal(call(off, x, t, pos), before)
+    # the Ref adapter alone matters too (the ID adapter alone is compared to the official code above)
+    ip_only = lynx_patch.apply_lynx(base, weights_of(checkpoint, "full"), emb, ref, ref_ctx, 1.0, 0.0)
+    assert rel_err(call(ip_only, x, t, pos), call(patched, x, t, pos)) > 1e-3
+
+
+def sample(patcher, seed=0, steps=3):
+    import comfy.sample
+    g = torch.Generator().manual_seed(seed)
+    pos = [[torch.randn(1, 512 + 5, 4096, generator=g) * 0.1, {}]]
+    neg = [[torch.randn(1, 512 + 9, 4096, generator=g) * 0.1, {}]]  # another shape: two calls per step
+    latent = torch.zeros(1, 16, 2, 8, 8)
+    noise = comfy.sample.prepare_noise(latent, seed)
+    return comfy.sample.sample(patcher, noise, steps, 4.0, "euler", "simple", pos, neg, latent,
+                               disable_pbar=True, seed=seed)
+
+
+def test_adapter_kv_computed_once_per_run_and_reset(base, lynx):
+    lynx_patch, checkpoint = lynx
+    import comfy.patcher_extension
+    _, emb, ref, ref_ctx = case(seed=2)
+    patched = lynx_patch.apply_lynx(base, weights_of(checkpoint, "full"), emb, ref, ref_ctx, 1.0, 1.0)
+    patch = patched.get_wrappers(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, lynx_patch.KEY)[0].__self__
+    first = sample(patched, steps=3)  # 6 model calls
+    assert patch.builds == {"tokens": 1, "ip": LAYERS, "reference": 2, "ref": LAYERS}
+    assert patch.run.key is None  # ON_CLEANUP dropped the caches
+    second = sample(patched, steps=3)
+    assert patch.builds == {"tokens": 2, "ip": 2 * LAYERS, "reference": 4, "ref": 2 * LAYERS}
+    assert torch.equal(first, second)
+    assert not torch.equal(first, sample(base, steps=3))
+
+
+def test_start_end_and_ref_blocks(base, lynx):
+    lynx_patch, checkpoint = lynx
+    _, emb, ref, ref_ctx = case(seed=4)
+    w = weights_of(checkpoint, "full")
+    never = lynx_patch.apply_lynx(base, w, emb, ref, ref_ctx, 1.0, 1.0, start=1.0, end=1.0)
+    assert torch.equal(sample(never), sample(base))
+    some = lynx_patch.apply_lynx(base, w, emb, ref, ref_ctx, 0.0, 1.0, ref_blocks="0, 2")
+    patch = some.get_wrappers(__import__("comfy.patcher_extension").patcher_extension.WrappersMP.DIFFUSION_MODEL,
+                              lynx_patch.KEY)[0].__self__
+    sample(some, steps=1)
+    assert patch.builds["ref"] == 2 and patch.builds["tokens"] == 0
+    with pytest.raises(ValueError, match="ref_blocks: '5' is outside this model's blocks 0-2"):
+        lynx_patch.apply_lynx(base, w, emb, ref, ref_ctx, 1.0, 1.0, ref_blocks="5")
+    with pytest.raises(ValueError, match="ref_blocks: 'x' is not a block number"):
+        lynx_patch.apply_lynx(base, w, emb, ref, ref_ctx, 1.0, 1.0, ref_blocks="x")
+    with pytest.raises(ValueError, match="reference_text: full Lynx's Ref adapter needs"):
+        lynx_patch.apply_lynx(base, w, emb, None, None, 1.0, 1.0)
+    with pytest.raises(ValueError, match="face: the face embedding must be 512 finite values"):
+        lynx_patch.apply_lynx(base, w, torch.full((512,), float("nan")))
+    with pytest.raises(checkpoint.LynxFileError, match="projects to width 256"):
+        lynx_patch.apply_lynx(tiny_wan.load_tiny_wan_patcher("fp32", dim=128, layers=LAYERS), w, emb)
+
+
+def test_stacks_with_standin(base, lynx):
+    """Stand-In and Lynx on one model, in either order: both chains run, and each order gives the same result."""
+    lynx_patch, checkpoint = lynx
+    from wanid_pack.nodes import standin_patch
+    from wanid_pack.wanid.standin.checkpoint import parse_state_dict
+    g = torch.Generator().manual_seed(9)
+    lora = {}
+    for i in range(LAYERS):
+        for p in "qkv":
+            lora[f"blocks.{i}.self_attn.{p}_loras.down.weight"] = torch.randn(8, DIM, generator=g) / 16
+            lora[f"blocks.{i}.self_attn.{p}_loras.up.weight"] = torch.randn(DIM, 8, generator=g) / 3
+    standin_ref = torch.randn(1, 16, 1, 8, 8, generator=g)
+    steps, emb, ref, ref_ctx = case(seed=6)
+    x, t, pos, _ = steps[0]
+    w = weights_of(checkpoint, "full")
+    a = lynx_patch.apply_lynx(standin_patch.apply_standin(base, parse_state_dict(lora), standin_ref, 1.0),
+                              w, emb, ref, ref_ctx, 1.0, 1.0)
+    b = standin_patch.apply_standin(lynx_patch.apply_lynx(base, w, emb, ref, ref_ctx, 1.0, 1.0),
+                                    parse_state_dict(lora), standin_ref, 1.0)
+    ya, yb = call(a, x, t, pos), call(b, x, t, pos)
+    assert rel_err(ya, yb) < 1e-5
+    only_lynx = call(lynx_patch.apply_lynx(base, w, emb, ref, ref_ctx, 1.0, 1.0), x, t, pos)
+    assert rel_err(ya, only_lynx) > 1e-3
