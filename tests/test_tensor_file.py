@@ -1,6 +1,7 @@
 """One tensor-file reader (wanid.tensor_file.read_tensor_file) for Stand-In files, the BiSeNet parser and the
 training state: a file with pickled code is refused with the same words everywhere and its code never runs."""
 import io
+import os
 import types
 
 import pytest
@@ -12,9 +13,14 @@ class _Payload:
         return (print, ("pickled code ran",))
 
 
-def _evil(path):
+class _Blocked:  # torch words a blocked module differently from an unknown global
+    def __reduce__(self):
+        return (os.getcwd, ())
+
+
+def _evil(path, payload=_Payload):
     buf = io.BytesIO()
-    torch.save({"x": _Payload()}, buf)
+    torch.save({"x": payload()}, buf)
     path.write_bytes(buf.getvalue())
     return str(path)
 
@@ -28,8 +34,9 @@ def _readers():
 
 
 @pytest.mark.parametrize("what", ["Stand-In file", "face parser file", "training state"])
-def test_pickled_code_is_refused_in_the_same_words(what, tmp_path, capsys):
-    path = _evil(tmp_path / "evil.pt")
+@pytest.mark.parametrize("payload", [_Payload, _Blocked])
+def test_pickled_code_is_refused_in_the_same_words(what, payload, tmp_path, capsys):
+    path = _evil(tmp_path / "evil.pt", payload)
     with pytest.raises(ValueError) as e:
         _readers()[what](path)
     assert str(e.value).startswith(f"{what} evil.pt is refused: it holds pickled code, not only tensors (")

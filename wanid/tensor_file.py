@@ -23,8 +23,8 @@ def load_tensor_file(path, mmap=False):
 def load_error_kind(error):
     """What a failed load_tensor_file means for a user: refused pickled code, or a damaged/foreign file. torch's
     weights_only message mentions weights_only for both, so tell them apart by the unpickler's own words."""
-    text = str(error)
-    if "Unsupported global" in text or "Unsupported class" in text:
+    text = str(error).lower()  # "Unsupported global: GLOBAL builtins.print", "unsupported GLOBAL posix.system whose
+    if "unsupported global" in text or "unsupported class" in text:  # module posix is blocked"
         return "refused: it holds pickled code, not only tensors"
     return "unreadable"
 
