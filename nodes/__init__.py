@@ -10,6 +10,7 @@ from . import paths
 
 FAMILIES = (
     "standin",
+    "lynx",
     "reference_clip",
     "face",
     "slot_id",

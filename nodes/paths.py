@@ -9,6 +9,8 @@ MODEL_FOLDERS = {
     "slot_id": ("slot_id", {".safetensors"}),
     "face_parsing": ("face_parsing", {".pth", ".pt", ".safetensors"}),
     "insightface": ("insightface", {".onnx", ".zip"}),
+    "lynx": ("lynx", {".safetensors"}),            # one folder per Lynx release: lynx_full/, lynx_lite/
+    "facexlib": ("facexlib", {".pth", ".safetensors"}),  # recognition_arcface_ir_se50.pth (Lynx's ArcFace)
 }
 
 

@@ -274,3 +274,56 @@ def test_stacks_with_standin(base, lynx):
     assert rel_err(ya, yb) < 1e-5
     only_lynx = call(lynx_patch.apply_lynx(base, w, emb, ref, ref_ctx, 1.0, 1.0), x, t, pos)
     assert rel_err(ya, only_lynx) > 1e-3
+
+
+# --- nodes -------------------------------------------------------------------------------------------------------
+
+def face_clip_of(n=2, seed=0):
+    from wanid_pack.wanid.face_clip import FaceClip
+    g = torch.Generator().manual_seed(seed)
+    return FaceClip(crops=torch.rand(n, 512, 512, 3, generator=g), masks=torch.ones(n, 512, 512),
+                    landmarks=torch.zeros(n, 5, 2), boxes=torch.zeros(n, 4), scores=torch.ones(n),
+                    times=torch.arange(n).float(), valid=torch.tensor([True, False][:n]),
+                    aligned=torch.rand(n, 112, 112, 3, generator=g), lynx_crops=torch.rand(n, 256, 256, 3, generator=g))
+
+
+def test_loader_and_apply_nodes(tmp_path, base, lynx):
+    lynx_patch, checkpoint = lynx
+    import folder_paths
+    from wanid_pack.nodes import lynx as nodes
+    from wanid_pack.wanid.lynx.arcface import ArcFaceIRSE50, embed_aligned, load_arcface
+    for variant in ("full", "lite"):
+        lynx_files.write_lynx(tmp_path / "lynx" / f"lynx_{variant}", variant, dim=DIM, layers=LAYERS)
+    (tmp_path / "facexlib").mkdir()
+    torch.save(ArcFaceIRSE50().state_dict(), tmp_path / "facexlib" / nodes.ARCFACE_FILE)
+    folder_paths.add_model_folder_path("lynx", str(tmp_path / "lynx"), is_default=True)
+    folder_paths.add_model_folder_path("facexlib", str(tmp_path / "facexlib"), is_default=True)
+    assert {"lynx_full", "lynx_lite"} <= set(nodes.lynx_folders())
+    assert nodes.arcface_files()[0] == nodes.ARCFACE_FILE
+
+    lite = nodes.WanIDLynxLoader.execute(lynx_name="lynx_lite", arcface_name=nodes.ARCFACE_FILE).result[0]
+    assert lite.weights.variant == "lite"
+    clip = face_clip_of()
+    kw = dict(ip_scale=1.0, ref_scale=1.0, start=0.0, end=1.0, ref_blocks="all")
+    patched = nodes.WanIDLynxApply.execute(model=base, lynx=lite, face_clip=clip, **kw).result[0]
+    # the node embeds the anchor's aligned face with the IR-SE50 and applies exactly that
+    emb = embed_aligned(load_arcface(str(tmp_path / "facexlib" / nodes.ARCFACE_FILE)),
+                        (clip.aligned[:1] * 255).round().byte().numpy())[0]
+    direct = lynx_patch.apply_lynx(base, lite.weights, emb)
+    steps, *_ = case(seed=8)
+    x, t, pos, _ = steps[0]
+    assert rel_err(call(patched, x, t, pos), call(direct, x, t, pos)) < 1e-6
+
+    full = nodes.WanIDLynxLoader.execute(lynx_name="lynx_full", arcface_name=nodes.ARCFACE_FILE).result[0]
+    with pytest.raises(ValueError, match="vae: lynx_full's Ref adapter encodes the reference face"):
+        nodes.WanIDLynxApply.execute(model=base, lynx=full, face_clip=clip, **kw)
+    no_face = face_clip_of()
+    no_face.anchor_index = 1
+    with pytest.raises(ValueError, match="face_clip: its anchor frame has no face"):
+        nodes.WanIDLynxApply.execute(model=base, lynx=lite, face_clip=no_face, **kw)
+    with pytest.raises(ValueError, match="ip_scale"):
+        nodes.WanIDLynxApply.execute(model=base, lynx=lite, face_clip=clip, **{**kw, "ip_scale": float("nan")})
+    with pytest.raises(FileNotFoundError, match="lynx_name: 'nope' is not a folder of models/lynx"):
+        nodes.WanIDLynxLoader.execute(lynx_name="nope", arcface_name=nodes.ARCFACE_FILE)
+    with pytest.raises(FileNotFoundError, match="lynx_name: '../facexlib'"):
+        nodes.WanIDLynxLoader.execute(lynx_name="../facexlib", arcface_name=nodes.ARCFACE_FILE)

@@ -20,6 +20,10 @@ class FaceClip:
     valid:      [T] bool, False for frames without a usable face (kept by policy for alignment of indices)
     embeddings: [T, 512] float, L2-normalised ArcFace embeddings, or None without a recognition model
     anchor_index: index of the best frame (detection score x frontality x sharpness)
+    aligned:    [T, 112, 112, 3] float in [0, 1], insightface's 5-point alignment from the source frame (what
+                ArcFace models see; Lynx's IR-SE50 embeds it), zeros for frames without a face; or None
+    lynx_crops: [T, 256, 256, 3] float in [0, 1], Lynx's Ref-adapter reference (the extended-template alignment at
+                256 from the source frame, wanid.lynx.face), zeros for frames without a face; or None
     """
     crops: torch.Tensor
     masks: torch.Tensor
@@ -32,6 +36,8 @@ class FaceClip:
     anchor_index: int = 0
     embedding_model: str = ""
     detector: str = ""
+    aligned: Optional[torch.Tensor] = None
+    lynx_crops: Optional[torch.Tensor] = None
 
     def __post_init__(self):
         t = self.crops.shape[0]

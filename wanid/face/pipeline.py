@@ -254,7 +254,19 @@ def process_clip(frames, detector, *, embedder=None, parser=None, label_set="off
     anchor = int(np.argmax(total)) if valid.any() else 0
     report.anchor_total, report.anchor_frontality, report.anchor_sharpness = total, front, sharp
 
+    # Lynx aligns from the source frame (its 112 ArcFace input and its 256 reference), not from the 1.5x crop,
+    # whose edge would cut the extended template.
+    from ..lynx.face import LYNX_REF_SIZE, lynx_reference_crop
+    from .align import norm_crop
+    aligned = np.zeros((n, 112, 112, 3), np.float32)
+    lynx_crops = np.zeros((n, LYNX_REF_SIZE, LYNX_REF_SIZE, 3), np.float32)
+    for j, i in enumerate(keep):
+        if valid[j]:
+            aligned[j] = norm_crop(u8[i], lm_frame[j], 112)[0] / 255.0
+            lynx_crops[j] = lynx_reference_crop(u8[i], lm_frame[j]) / 255.0
+
     clip = FaceClip(
+        aligned=torch.from_numpy(aligned), lynx_crops=torch.from_numpy(lynx_crops),
         crops=white.float().contiguous(), masks=mask.float().contiguous(), landmarks=torch.from_numpy(lm_crop),
         boxes=torch.from_numpy(boxes), scores=torch.from_numpy(scores), times=times[keep].clone(),
         valid=torch.from_numpy(valid), embeddings=None if emb is None else torch.from_numpy(emb),

@@ -1,0 +1,159 @@
+"""Lynx Loader and Lynx Apply: ByteDance's Lynx identity adapters on ComfyUI's native Wan model."""
+import os
+from dataclasses import dataclass
+
+import torch
+
+import folder_paths
+from .v3 import io
+
+from ..wanid.errors import check_finite_numbers
+from ..wanid.lynx.arcface import embed_aligned, load_arcface
+from ..wanid.lynx.checkpoint import LynxWeights, load_lynx
+from ..wanid.face.pipeline import to_uint8
+from . import paths
+from .cache import LoadedCache, file_key
+from .lynx_patch import apply_lynx, check_model
+from .types import FaceClipType, LynxModelType
+
+ARCFACE_FILE = "recognition_arcface_ir_se50.pth"
+_loaded = LoadedCache(2)
+
+
+@dataclass
+class LynxModel:
+    weights: LynxWeights
+    arcface: torch.nn.Module
+    name: str
+
+
+def lynx_folders():
+    """Folders of models/lynx holding resampler.safetensors ('lynx_full', 'lynx_lite'; '.' for models/lynx itself)."""
+    if "lynx" not in folder_paths.folder_names_and_paths:
+        paths.register_model_folders()
+    found = []
+    for f in folder_paths.get_filename_list("lynx"):
+        if os.path.basename(f) == "resampler.safetensors":
+            found.append(os.path.dirname(f).replace(os.sep, "/") or ".")
+    return sorted(set(found))
+
+
+def arcface_files():
+    if "facexlib" not in folder_paths.folder_names_and_paths:
+        paths.register_model_folders()
+    files = folder_paths.get_filename_list("facexlib")
+    preferred = [f for f in files if os.path.basename(f) == ARCFACE_FILE]
+    return preferred + [f for f in files if f not in preferred and "arcface" in os.path.basename(f).lower()]
+
+
+def _lynx_path(name):
+    for root in folder_paths.get_folder_paths("lynx"):
+        path = os.path.normpath(os.path.join(root, name))
+        if os.path.commonpath([os.path.abspath(root), os.path.abspath(path)]) == os.path.abspath(root) and \
+                os.path.isfile(os.path.join(path, "resampler.safetensors")):
+            return path
+    raise FileNotFoundError(
+        f"lynx_name: {name!r} is not a folder of models/lynx with resampler.safetensors. Put the lynx_full (or "
+        f"lynx_lite) folder from ByteDance/lynx in {paths.model_dir('lynx')} and refresh.")
+
+
+class WanIDLynxLoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="WanIDLynxLoader",
+            display_name="Lynx Loader",
+            category="WanIdentity",
+            description="Loads ByteDance's Lynx adapters (lynx_full: ID + Ref adapter; lynx_lite: ID adapter) and "
+                        "the ArcFace IR-SE50 face embedding they were trained with.",
+            inputs=[
+                io.Combo.Input("lynx_name", options=lynx_folders(),
+                               tooltip="A folder in models/lynx (lynx_full or lynx_lite from ByteDance/lynx)"),
+                io.Combo.Input("arcface_name", options=arcface_files(),
+                               tooltip=f"facexlib's {ARCFACE_FILE} in models/facexlib"),
+            ],
+            outputs=[LynxModelType.Output("lynx")],
+        )
+
+    @classmethod
+    def execute(cls, lynx_name, arcface_name):
+        folder = _lynx_path(lynx_name)
+        arc = folder_paths.get_full_path("facexlib", arcface_name) if arcface_name else None
+        if arc is None:
+            raise FileNotFoundError(
+                f"arcface_name: {arcface_name!r} is not in models/facexlib. Put facexlib's {ARCFACE_FILE} in "
+                f"{paths.model_dir('facexlib')} and refresh.")
+        key = (folder, *(file_key(os.path.join(folder, f)) for f in sorted(os.listdir(folder))), file_key(arc))
+        model = _loaded.get(key, lambda: LynxModel(load_lynx(folder), load_arcface(arc), lynx_name))
+        return io.NodeOutput(model)
+
+
+def _encode(model, vae, image):
+    samples = vae.encode(image[..., :3])
+    if samples.ndim == 4:
+        samples = samples.unsqueeze(2)
+    return model.model.process_latent_in(samples[:, :, :1].float())
+
+
+class WanIDLynxApply(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="WanIDLynxApply",
+            display_name="Lynx Apply",
+            category="WanIdentity",
+            description="Lynx identity on a native Wan 2.1 T2V model: 16 identity tokens in every block's "
+                        "cross-attention (ID adapter) and, with lynx_full, the reference face's features in "
+                        "self-attention (Ref adapter).",
+            inputs=[
+                io.Model.Input("model"),
+                LynxModelType.Input("lynx"),
+                FaceClipType.Input("face_clip", tooltip="Face Crop / Parse's face_clip; its anchor frame is used"),
+                io.Float.Input("ip_scale", default=1.0, min=0.0, max=3.0, step=0.05,
+                               tooltip="Weight of the ID adapter; 1 = official"),
+                io.Float.Input("ref_scale", default=1.0, min=0.0, max=3.0, step=0.05,
+                               tooltip="Weight of the Ref adapter (lynx_full); 1 = official"),
+                io.Float.Input("start", default=0.0, min=0.0, max=1.0, step=0.01,
+                               tooltip="Fraction of the sampling where the adapters start acting"),
+                io.Float.Input("end", default=1.0, min=0.0, max=1.0, step=0.01,
+                               tooltip="Fraction of the sampling where they stop"),
+                io.String.Input("ref_blocks", default="all",
+                                tooltip="Blocks whose self-attention takes the reference: 'all' or e.g. '0-19, 30'"),
+                io.Vae.Input("vae", optional=True, tooltip="Wan VAE, to encode the reference face (lynx_full)"),
+                io.Conditioning.Input("reference_text", optional=True,
+                                      tooltip="CLIP Text Encode of 'image of a face' (the official reference prompt)"),
+            ],
+            outputs=[io.Model.Output()],
+        )
+
+    @classmethod
+    def execute(cls, model, lynx, face_clip, ip_scale, ref_scale, start, end, ref_blocks, vae=None,
+                reference_text=None):
+        check_finite_numbers(ip_scale=(ip_scale, "0..3"), ref_scale=(ref_scale, "0..3"), start=(start, "0..1"),
+                             end=(end, "0..1"))
+        check_model(model, lynx.weights)  # before anything runs: a wrong model or file fails at once
+        i = face_clip.anchor_index
+        if face_clip.aligned is None or face_clip.lynx_crops is None:
+            raise ValueError("face_clip: this FACE_CLIP has no aligned faces; make it with this pack's Face Crop / "
+                             "Parse.")
+        if not bool(face_clip.valid[i]):
+            raise ValueError("face_clip: its anchor frame has no face (passed whole); use a clip or photo where the "
+                             "face is found.")
+        embedding = embed_aligned(lynx.arcface, to_uint8(face_clip.aligned[i:i + 1]))[0]
+        reference = context = None
+        if lynx.weights.ref and ref_scale != 0:
+            if vae is None:
+                raise ValueError("vae: lynx_full's Ref adapter encodes the reference face; connect the Wan VAE (or set "
+                                 "ref_scale to 0).")
+            if reference_text is None or not len(reference_text):
+                raise ValueError("reference_text: connect CLIP Text Encode with 'image of a face' (the text Lynx "
+                                 "passes the reference with), or set ref_scale to 0.")
+            crop = face_clip.lynx_crops[i:i + 1].float()
+            # the official negative: the same reference zeroed in [-1, 1], i.e. mid-grey
+            reference = (_encode(model, vae, crop), _encode(model, vae, torch.full_like(crop, 0.5)))
+            context = reference_text[0][0][:1]
+        return io.NodeOutput(apply_lynx(model, lynx.weights, embedding, reference, context, ip_scale, ref_scale,
+                                        start, end, ref_blocks))
+
+
+NODES = [WanIDLynxLoader, WanIDLynxApply]
