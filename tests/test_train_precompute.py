@@ -130,5 +130,9 @@ def test_training_and_the_slot_encoder_node_make_the_same_crop_latents(comfy_pac
     node = slot_nodes.encode_crops(enc.vae, crops, torch.tensor([True, False, True]), 16)
     torch.testing.assert_close(node[[0, 2]], trained[[0, 2]], atol=0, rtol=0)
     assert torch.all(node[1] == 0) and torch.isfinite(trained).all()
-    with pytest.raises(CropLatentError, match="48-channel"):
+    with pytest.raises(ValueError, match="48-channel") as refused:  # the node runs the pack imported as wanid_pack
         slot_nodes.encode_crops(enc.vae, crops, torch.ones(3, dtype=torch.bool), 48)
+    assert type(refused.value).__name__ == "CropLatentError"
+    with pytest.raises(CropLatentError, match="48-channel"):
+        enc.latent_format = comfy.latent_formats.Wan22()
+        enc.encode_images(crops)
