@@ -32,8 +32,8 @@ def machine():
 def build_wan(size, device, dtype):
     """A native ComfyUI Wan 2.1 T2V ModelPatcher of that size with random weights (speed does not depend on them).
     Imports ComfyUI (COMFYUI_PATH or ~/ComfyUI) on the way."""
-    import conftest
-    conftest.import_comfy(cpu=device != "cuda")
+    import wanid_testing
+    wanid_testing.import_comfy(cpu=device != "cuda")
     import comfy.model_management
     import comfy.sd
     if comfy.model_management.get_torch_device().type != device:

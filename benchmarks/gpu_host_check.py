@@ -52,8 +52,8 @@ def main():
     opts = parser.parse_args()
     if not torch.cuda.is_available():
         sys.exit("gpu_host_check: no CUDA device here; run it on a GPU machine (the CPU tests cover the rest)")
-    import conftest
-    conftest.import_comfy(cpu=False)
+    import wanid_testing
+    wanid_testing.import_comfy(cpu=False)
     import comfy.model_management as mm
     import comfy.quant_ops
     import standin_reference

@@ -1,4 +1,4 @@
-"""Which ComfyUI checkouts the tests run against: the one rule, used by scripts/test.py and tests/conftest.py.
+"""Which ComfyUI checkouts the tests run against: the one rule, used by scripts/test.py and tests/wanid_testing.py.
 
 Standard library only (scripts/test.py runs it before any venv exists).
 

@@ -18,7 +18,7 @@ use, stopped at the end of the session) whose --base-directory is a pytest temp 
     models/diffusion_models/<TINY_WAN> -> tiny Wan 2.1 T2V, random weights (tests/tiny_wan.py)
     input/, output/, temp/, user/      -> ComfyUI's own folders
     server.log                         -> the server's stdout+stderr (kept after the run; shown on failures)
-Without ComfyUI (conftest.find_comfyui() is None) the fixture skips with conftest.NO_COMFY_REASON.
+Without ComfyUI (wanid_testing.find_comfyui() is None) the fixture skips with wanid_testing.NO_COMFY_REASON.
 The server runs with ComfyUI's default (classic) node cache: a prompt identical to an earlier one is not
 re-executed. Call reset_cache() between two runs that must both really execute.
 
@@ -58,7 +58,7 @@ from pathlib import Path
 
 import pytest
 
-import conftest
+import wanid_testing
 import tiny_wan
 
 TESTS = Path(__file__).resolve().parent
@@ -91,7 +91,7 @@ def _link(src, dst):
 
 
 class ComfyServer:
-    def __init__(self, comfyui, base, port=None, extra_args=(), pack=conftest.REPO):
+    def __init__(self, comfyui, base, port=None, extra_args=(), pack=wanid_testing.REPO):
         self.comfyui = Path(comfyui)
         self.base = Path(base)
         self.port = port or _free_port()
@@ -366,9 +366,9 @@ def wan_t2v_prompt(seed=0, steps=2, cfg=5.0, width=64, height=64, length=5, pos_
 def start_comfy_server(base=None, keep=False, **kw):
     """Start a server (outside pytest too). base=None: a fresh temp dir, deleted afterwards unless keep=True
     or something failed (so its server.log can be read)."""
-    comfyui = conftest.find_comfyui()
+    comfyui = wanid_testing.find_comfyui()
     if comfyui is None:
-        raise RuntimeError(conftest.NO_COMFY_REASON)
+        raise RuntimeError(wanid_testing.NO_COMFY_REASON)
     own = base is None
     base = Path(tempfile.mkdtemp(prefix="wanid-comfy-")) if own else Path(base)
     server = ComfyServer(comfyui, base, **kw)
@@ -391,9 +391,9 @@ def shared_server(config, tmp_path_factory):
     if "server" not in _shared:
         if "error" in _shared:
             pytest.fail(_shared["error"])  # do not retry a start that already failed in this session
-        comfyui = conftest.find_comfyui()
+        comfyui = wanid_testing.find_comfyui()
         if comfyui is None:
-            pytest.skip(conftest.NO_COMFY_REASON)
+            pytest.skip(wanid_testing.NO_COMFY_REASON)
         server = ComfyServer(comfyui, tmp_path_factory.mktemp("comfy_server"))
         try:
             server.start()

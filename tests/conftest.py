@@ -1,39 +1,15 @@
-"""Shared test fixtures: where ComfyUI is, importing it in-process, and a count of integration tests.
-
-ComfyUI is found as tests/comfy_roots.py says (COMFYUI_PATH, else ~/ComfyUI and ~/ComfyUI-*, else the ComfyUI
-checkout this pack sits in); scripts/test.py runs the suite once per root. Without one, every test marked `integration` skips with the reason, and the session
-summary says how many integration tests ran.
+"""pytest hooks and fixtures: the per-run count of integration tests, and the in-process pack (wanid_testing.py has
+the shared library part: where ComfyUI is, importing it).
+Without a ComfyUI every test marked `integration` skips with the reason, and the session summary says how many
+integration tests ran, passed, failed and skipped.
 """
-import importlib.util
 import json
 import os
-import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))  # the core package `wanid` imports as a top-level package in tests
-
-import comfy_roots  # noqa: E402  (tests/ is on sys.path: pytest's rootdir-relative imports)
-
-PACK_MODULE = "wanid_pack"  # the name the pack is imported under in-process (ComfyUI uses the folder name)
-
-
-def find_comfyui():
-    """The ComfyUI root to test against (the first that tests/comfy_roots.py finds), or None.
-    scripts/test.py runs the suite once per root, each time with COMFYUI_PATH naming that one root."""
-    for root in comfy_roots.find_roots():
-        if comfy_roots.is_comfyui(root):
-            return root
-    return None
-
-
-COMFYUI = find_comfyui()
-COMFYUI_VERSION = comfy_roots.comfyui_version(COMFYUI) if COMFYUI else None
-NO_COMFY_REASON = ("no ComfyUI found: set COMFYUI_PATH, or put a checkout at ~/ComfyUI "
-                   "(see README, Tests); integration tests skipped")
+from wanid_testing import COMFYUI, COMFYUI_VERSION, import_comfy
 
 _integration = {"passed": 0, "failed": 0, "skipped": 0}
 _all = {"passed": 0, "failed": 0, "skipped": 0}
@@ -63,26 +39,6 @@ def pytest_terminal_summary(terminalreporter):
         Path(report).write_text(json.dumps({
             "comfyui": str(COMFYUI) if COMFYUI else None, "version": COMFYUI_VERSION,
             "integration": _integration, "all": _all}))
-
-
-def import_comfy(cpu=True):
-    """Import ComfyUI in-process (on the CPU unless cpu=False: benchmarks on a GPU) and the pack as `wanid_pack`;
-    skip the test without ComfyUI."""
-    if COMFYUI is None:
-        pytest.skip(NO_COMFY_REASON)
-    if str(COMFYUI) not in sys.path:
-        sys.path.insert(0, str(COMFYUI))
-    import comfy.cli_args
-    if "comfy.model_management" not in sys.modules:
-        comfy.cli_args.args.cpu = cpu  # read once, when model_management is first imported
-    import comfy.model_management  # noqa: F401
-    if PACK_MODULE not in sys.modules:
-        spec = importlib.util.spec_from_file_location(
-            PACK_MODULE, REPO / "__init__.py", submodule_search_locations=[str(REPO)])
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[PACK_MODULE] = module
-        spec.loader.exec_module(module)
-    return sys.modules[PACK_MODULE]
 
 
 @pytest.fixture(scope="session")

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-import conftest
+import wanid_testing
 import tiny_wan
 from comfy_server import PACK_NAME, PromptError, TINY_WAN, comfy_server, wan_t2v_prompt  # noqa: F401
 
@@ -14,7 +14,7 @@ integration = pytest.mark.integration  # needs a real ComfyUI (in-process or a s
 
 @integration
 def test_tiny_wan_is_detected_as_native_wan21_t2v():
-    conftest.import_comfy()
+    wanid_testing.import_comfy()
     import comfy.model_detection
 
     sd = tiny_wan.tiny_wan_state_dict(dim=256, ffn=384, layers=3)
@@ -93,10 +93,10 @@ def test_forward_low_precision_weights(wan_inputs, weight_dtype, storage):
 
 @integration
 def test_support_conditioning_node_shape():
-    conftest.import_comfy()
+    wanid_testing.import_comfy()
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("wanid_test_support", conftest.REPO / "tests/support_nodes/__init__.py")
+    spec = importlib.util.spec_from_file_location("wanid_test_support", wanid_testing.REPO / "tests/support_nodes/__init__.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     (cond, extra), = mod.WanIDTestWanConditioning.execute(seed=3, tokens=5).args[0]

@@ -14,18 +14,18 @@ from pathlib import Path
 
 import pytest
 
-import conftest
+import wanid_testing
 from comfy_server import comfy_server  # noqa: F401  (fixture used by `server`)
 from test_workflows import FOLDER, load, server, tiny_for  # noqa: F401  (server is a fixture)
 from wanid.cli import workflow as wf
 
 
 def cli_command(*args):
-    env = dict(os.environ, PYTHONPATH=str(conftest.REPO), PYTHONIOENCODING="utf-8")
+    env = dict(os.environ, PYTHONPATH=str(wanid_testing.REPO), PYTHONIOENCODING="utf-8")
     return [sys.executable, "-m", "wanid", "queue", *map(str, args)], env
 
 
-def run_cli(*args, timeout=300, cwd=conftest.REPO):
+def run_cli(*args, timeout=300, cwd=wanid_testing.REPO):
     cmd, env = cli_command(*args)
     r = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     assert "Traceback" not in r.stderr, r.stderr  # every error is a message, never a raw traceback
@@ -58,7 +58,7 @@ def test_dry_run_fills_the_workflow_and_imports_no_comfyui_or_torch(tmp_path, cl
                         "--reference", clip, "--prompt", "a woman reads on a train", "--negative", "blurry",
                         "--seed", "7", "--set", "KSampler.cfg=4.5", "--set", "Reference clip.num_frames=8",
                         "--set", "16.sampler_name=uni_pc", "--set", 'Positive Prompt.text="quoted"'],
-                       cwd=conftest.REPO, env=dict(os.environ, PYTHONPATH=str(conftest.REPO)),
+                       cwd=wanid_testing.REPO, env=dict(os.environ, PYTHONPATH=str(wanid_testing.REPO)),
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert "HEAVY []" in r.stderr
@@ -468,7 +468,7 @@ def test_a_second_run_keeps_the_first_runs_downloads(server, tmp_path):
     assert plain.returncode == 0, plain.stderr
     written = [here / x for x in plain.stdout.split()]
     assert written and all(p.is_file() and p.resolve().is_relative_to(here.resolve()) for p in written), plain.stdout
-    assert not (conftest.REPO / "wanid_test").exists() and not (conftest.REPO / "output").exists()
+    assert not (wanid_testing.REPO / "wanid_test").exists() and not (wanid_testing.REPO / "output").exists()
     assert_serves(server)
 
 

@@ -8,7 +8,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from conftest import REPO
+from wanid_testing import REPO
 from wanid.slot.checkpoint import (SlotIDCheckpointError, SlotIDModelMismatchError, fresh_checkpoint, load_checkpoint,
                                    lora_key, read_file, save_checkpoint)
 from wanid.slot.encoder import SlotIDConfig

@@ -91,8 +91,8 @@ def test_dynamic_vram_side_model_assigns_weights_and_matches(base, patch_module,
 @pytest.fixture(scope="module")
 def file_base(tmp_path_factory):
     """The tiny model loaded from a file by the loader UNETLoader uses, so it can be re-made per device."""
-    import conftest
-    conftest.import_comfy()
+    import wanid_testing
+    wanid_testing.import_comfy()
     import comfy.model_patcher
     import comfy.sd
     if not hasattr(comfy.model_patcher.ModelPatcher, "deepclone_multigpu"):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-import conftest
+import wanid_testing
 import tiny_wan
 from test_train_support import (REF_FRAMES, TINY_CONFIG, StandInEncoders, face_tools, tiny_config, write_synthetic_set,
                                 write_video)
@@ -380,7 +380,7 @@ def test_command_line_trains_and_resumes(comfy, tmp_path, capsys):
     manifest, cache = write_synthetic_set(str(tmp_path / "data"), identities=2, per_identity=2, settings=settings,
                                           encoders_name=encoders_name("vae.safetensors", "umt5.safetensors", "Wan21"),
                                           face_name=face_tools_name("auto", ins, None))
-    args = ["--comfyui", str(conftest.COMFYUI), "--cpu", "--unet", str(unet), "--vae", "vae.safetensors",
+    args = ["--comfyui", str(wanid_testing.COMFYUI), "--cpu", "--unet", str(unet), "--vae", "vae.safetensors",
             "--text-encoder", "umt5.safetensors", "--manifest", manifest, "--out", str(tmp_path / "run"),
             "--cache", cache, "--insightface", ins, "--face-parsing", "none", "--width", "64", "--height", "64",
             "--frames", "5", "--ref-frames", str(REF_FRAMES), "--encoder-config", json.dumps(TINY_CONFIG),

@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from conftest import REPO
+from wanid_testing import REPO
 
 
 def test_node_modules_import_the_v3_api_only_through_the_pinned_module():

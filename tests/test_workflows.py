@@ -17,12 +17,12 @@ from pathlib import Path
 
 import pytest
 
-import conftest
+import wanid_testing
 from comfy_server import TINY_WAN, comfy_server  # noqa: F401  (comfy_server is a fixture)
 from wanid.cli import templates
 from wanid.cli import workflow as wf
 
-FOLDER = conftest.REPO / "workflows"
+FOLDER = wanid_testing.REPO / "workflows"
 NAMES = sorted(templates.WORKFLOWS)
 GENERATION = [n for n in NAMES if n != "face_crop_parse"]
 SLOT = {"slotid_wan21_t2v_from_clip", "slotid_standin_wan21_t2v"}
@@ -47,7 +47,7 @@ def load(name, api=True):
 
 def test_one_folder_with_a_ui_and_an_api_file_per_workflow():
     others = ("example_workflows", "example", "examples", "workflow")  # the other names ComfyUI scans
-    assert not any((conftest.REPO / o).exists() for o in others), "keep ONE workflow folder: workflows/"
+    assert not any((wanid_testing.REPO / o).exists() for o in others), "keep ONE workflow folder: workflows/"
     ui = sorted(p.stem for p in FOLDER.glob("*.json"))
     api = sorted(p.stem for p in (FOLDER / "api").glob("*.json"))
     assert ui == api == NAMES
@@ -308,7 +308,7 @@ def test_template_browser_lists_the_ui_workflows(comfy_server):
 
 def zero_wan21_vae():
     """A Wan 2.1 VAE state dict (the real architecture, so ComfyUI detects it) with zero weights, in fp16."""
-    conftest.import_comfy()
+    wanid_testing.import_comfy()
     import torch
     from comfy.ldm.wan.vae import WanVAE
 

@@ -122,9 +122,9 @@ def load_tiny_wan_patcher(weight_dtype=None, **kw):
     it becomes model_options["dtype"]. Other keywords go to tiny_wan_state_dict. Skips without ComfyUI;
     raises if ComfyUI does not detect the file as WAN21_T2V (WAN21_Vace with vace_layers).
     """
-    import conftest
+    import wanid_testing
 
-    conftest.import_comfy()
+    wanid_testing.import_comfy()
     import comfy.sd
 
     if not isinstance(weight_dtype, torch.dtype):
@@ -177,9 +177,9 @@ def wan21_vae_state_dict(seed=0, dtype=torch.float32):
     """Every key of a Wan 2.1 VAE file in ComfyUI's layout (names and shapes from ComfyUI's own WanVAE, built on the
     meta device), random unit-gain weights: norms' gamma 1, biases 0, other weights N(0, 1/fan_in), so activations
     stay O(1) through the encoder. Needs ComfyUI (skips without it)."""
-    import conftest
+    import wanid_testing
 
-    conftest.import_comfy()
+    wanid_testing.import_comfy()
     from comfy.ldm.wan.vae import WanVAE
 
     with torch.device("meta"):

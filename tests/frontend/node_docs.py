@@ -3,7 +3,7 @@
 
 A page = the node's display name and description, hand-written notes (kept between the NOTES markers), then the
 inputs and outputs with their tooltips, all from the V3 schema, so the help cannot drift from the node.
-tests/test_frontend.py fails when a page is missing or out of date. Usage (ComfyUI needed, see conftest):
+tests/test_frontend.py fails when a page is missing or out of date. Usage (ComfyUI needed, see wanid_testing):
 
     ~/.cache/wanid-test-venv-*/bin/python tests/frontend/node_docs.py        # rewrite the pages
     ~/.cache/wanid-test-venv-*/bin/python tests/frontend/node_docs.py --check
@@ -66,8 +66,8 @@ def notes_of(text):
 
 def pack_schemas():
     sys.path.insert(0, str(TESTS))
-    import conftest
-    conftest.import_comfy()
+    import wanid_testing
+    wanid_testing.import_comfy()
     from wanid_pack.nodes import all_nodes
     return [n.GET_SCHEMA() for n in all_nodes()]
 
