@@ -9,6 +9,8 @@ graph: the 512x512 anchor is scaled to 32x32 (an inserted ImageScale) before Sta
 VAE encoding a 512x512 image takes about 40 s on CPU. Slot-ID needs ArcFace embeddings, which the bundled
 RetinaFace does not give: its variants use the face tests' antelopev2 stand-ins (an SCRFD that detects bright
 blocks, a random ArcFace) on a clip of a moving bright block, as tests/test_slot_server.py does.
+Lynx's variant: random-weight Lynx files in the official formats sized for the tiny Wan (tests/lynx_files.py), a
+random IR-SE50 in facexlib's format, and the reference text from the test conditioning node.
 """
 import copy
 import json
@@ -29,6 +31,8 @@ SLOT = {"slotid_wan21_t2v_from_clip", "slotid_standin_wan21_t2v"}
 TEST_VAE = "wanid_test_wan21_vae_zero.safetensors"
 STANDIN_CKPT = "wanid_test_wf_standin.ckpt"
 SLOT_CKPT = "wanid_test_wf_slot.safetensors"
+LYNX_FOLDER = "wanid_test_wf_lynx_full"  # a models/lynx folder: official file names and formats, random weights
+LYNX_ARCFACE = "wanid_test_wf_arcface_ir_se50.pth"  # facexlib's key format, random weights
 DOCUMENTED = {  # input -> the model file names the README documents
     "unet_name": {templates.WAN21_T2V, templates.WAN22_HIGH, templates.WAN22_LOW},
     "clip_name": {templates.UMT5},
@@ -36,6 +40,8 @@ DOCUMENTED = {  # input -> the model file names the README documents
     "standin_name": {templates.STANDIN_21, templates.STANDIN_22_HIGH, templates.STANDIN_22_LOW},
     "slot_id_name": {templates.SLOT_ID},
     "parser_model": {templates.NO_PARSER},  # BiSeNet is optional: the files run without it (the note names it)
+    "lynx_name": {templates.LYNX_FULL},
+    "arcface_name": {templates.LYNX_ARCFACE},
 }
 
 
@@ -329,7 +335,23 @@ def server(comfy_server):
         comfy_server.add_model("vae", TEST_VAE, zero_wan21_vae())
     comfy_server.add_model("stand_in", STANDIN_CKPT, ckpt_bytes(standin_state_dict()))
     comfy_server.carphone = comfy_server.upload(datasets.fullreferencepair()[0], name="wanid_wf_carphone.mp4")
+    write_lynx_models(comfy_server.models_dir)
     return comfy_server
+
+
+def write_lynx_models(models_dir):
+    """lynx/<LYNX_FOLDER>/ (lynx_full's three files, sized for the tiny Wan) and facexlib/<LYNX_ARCFACE>."""
+    import torch
+
+    import lynx_files
+    from wanid.lynx.arcface import ArcFaceIRSE50
+
+    lynx_files.write_lynx(models_dir / "lynx" / LYNX_FOLDER, "full", dim=128, layers=2)
+    arcface = models_dir / "facexlib" / LYNX_ARCFACE
+    if not arcface.exists():
+        arcface.parent.mkdir(parents=True, exist_ok=True)
+        torch.manual_seed(0)
+        torch.save(ArcFaceIRSE50().state_dict(), arcface)  # the key names of facexlib's Backbone(50, 'ir_se')
 
 
 @pytest.fixture(scope="module")
@@ -368,9 +390,12 @@ def tiny_variant(api, video, detector="retinaface_mobilenet", prefix="wanid_test
         elif ct == "CLIPLoader":
             del api[nid]
         elif ct == "CLIPTextEncode":
-            assert nid in positive | negative, f"node {nid}: a text encoder that feeds no sampler"
+            lynx_text = any(n["class_type"] == "WanIDLynxApply" and n["inputs"].get("reference_text") == [nid, 0]
+                            for n in api.values())
+            assert nid in positive | negative or lynx_text, f"node {nid}: a text encoder that feeds no sampler"
+            seed = 1 if nid in positive else 2 if nid in negative else 3
             api[nid] = {"class_type": "WanIDTestWanConditioning",
-                        "inputs": {"seed": 1 if nid in positive else 2, "tokens": 16}, "_meta": node.get("_meta")}
+                        "inputs": {"seed": seed, "tokens": 16 if seed < 3 else 6}, "_meta": node.get("_meta")}
         elif ct == "EmptyHunyuanLatentVideo":
             ins.update(width=32, height=32, length=5)
         elif ct == "KSampler":
@@ -393,6 +418,8 @@ def tiny_variant(api, video, detector="retinaface_mobilenet", prefix="wanid_test
             ins.update(detector=detector, parser_model="none (fallback)", provider="CPU")
         elif ct == "WanIDSlotIDLoader":
             ins["slot_id_name"] = SLOT_CKPT
+        elif ct == "WanIDLynxLoader":
+            ins.update(lynx_name=LYNX_FOLDER, arcface_name=LYNX_ARCFACE)
         elif ct in ("SaveVideo", "SaveImage"):
             ins["filename_prefix"] = f"{prefix}/{nid}"
     for nid, node in api.items():

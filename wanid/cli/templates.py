@@ -33,6 +33,9 @@ STANDIN_22_HIGH = "Stand-In_wan2.2_T2V_A14B_high.ckpt"
 STANDIN_22_LOW = "Stand-In_wan2.2_T2V_A14B_low.ckpt"
 SLOT_ID = "slot-id_wan2.1_t2v_14B.safetensors"
 BISENET = "parsing_bisenet.pth"
+LYNX_FULL = "lynx_full"  # a folder of models/lynx (ByteDance/lynx): resampler, ip_layers, ref_layers .safetensors
+LYNX_ARCFACE = "recognition_arcface_ir_se50.pth"  # facexlib's IR-SE50, in models/facexlib
+LYNX_REFERENCE_TEXT = "image of a face"  # the text the official code passes the reference face with
 # Face Crop / Parse's parser_model in the shipped files: BiSeNet is optional (README), so the workflows run
 # without it; with it installed, pick it there (or --set NODE.parser_model=parsing_bisenet.pth) for the official
 # background whitening.
@@ -42,7 +45,7 @@ REFERENCE = "reference.mp4"  # placeholder: the user's clip (uploaded with the n
 # Inputs whose values are file names (models, the user's clip): checked against the server's lists only when
 # the files are installed.
 FILE_INPUTS = {"unet_name", "clip_name", "vae_name", "standin_name", "slot_id_name", "parser_model", "video",
-               "image"}
+               "image", "lynx_name", "arcface_name"}
 
 POSITIVE = ("A man sits at a desk facing the camera and talks as if on a video call with friends, smiling "
             "naturally. Warm indoor light; behind him a tidy shelf with photos and a world map on the wall.")
@@ -56,6 +59,9 @@ WIDTH, HEIGHT, LENGTH, STEPS, CFG, SHIFT, FPS = 832, 480, 81, 20, 5.0, 5.0, 16.0
 # Wan 2.2 A14B as ComfyUI's own template runs it: high-noise expert steps 0-10, low-noise 10-20.
 CFG_22, SHIFT_22, SWITCH_22 = 3.5, 8.0, 10
 SEED = 42
+# Official Lynx inference (infer.py): 832x480, 81 frames, 50 steps, cfg 5.0 (its extra face guidance,
+# guidance_scale_i, has no ComfyUI equivalent; plain cfg is the one KSampler has).
+LYNX_STEPS, LYNX_CFG = 50, 5.0
 # The files are generated against this ComfyUI (and tested on it and on OLDEST_COMFYUI).
 NEWEST_COMFYUI, OLDEST_COMFYUI = "0.33.0", "0.3.64"
 
@@ -195,6 +201,27 @@ def slotid_standin_wan21():
     return g.nodes
 
 
+def lynx_wan21():
+    g = Graph()
+    unet = g.add("UNETLoader", "Load Wan 2.1 T2V 14B", unet_name=WAN21_T2V, weight_dtype="default")
+    vae = g.add("VAELoader", None, vae_name=WAN_VAE)
+    pos, neg = _text(g)
+    _, face = _face(g)
+    loader = g.add("WanIDLynxLoader", None, lynx_name=LYNX_FULL, arcface_name=LYNX_ARCFACE)
+    ref_text = g.add("CLIPTextEncode", "Lynx reference text", text=LYNX_REFERENCE_TEXT,
+                     clip=g.nodes[pos]["inputs"]["clip"])
+    patched = g.add("WanIDLynxApply", "Lynx", model=out(unet), lynx=out(loader), face_clip=out(face, 3),
+                    ip_scale=1.0, ref_scale=1.0, start=0.0, end=1.0, ref_blocks="all", vae=out(vae),
+                    reference_text=out(ref_text))
+    model = g.add("ModelSamplingSD3", None, model=out(patched), shift=SHIFT)
+    latent = _latent(g)
+    samples = g.add("KSampler", None, model=out(model), positive=out(pos), negative=out(neg),
+                    latent_image=out(latent), seed=SEED, steps=LYNX_STEPS, cfg=LYNX_CFG, sampler_name="euler",
+                    scheduler="simple", denoise=1.0)
+    _output(g, samples, vae, "WanIdentity/lynx_wan21")
+    return g.nodes
+
+
 def face_preprocess():
     g = Graph()
     _, face = _face(g)
@@ -214,6 +241,8 @@ _MODELS = {
     "standin21": [("stand_in", STANDIN_21)],
     "standin22": [("stand_in", STANDIN_22_HIGH), ("stand_in", STANDIN_22_LOW)],
     "slot": [("slot_id", SLOT_ID)],
+    "lynx": [("lynx", f"{LYNX_FULL}/ (resampler, ip_layers, ref_layers .safetensors; ByteDance/lynx)"),
+             ("facexlib", f"{LYNX_ARCFACE} (facexlib's ArcFace IR-SE50, Lynx's face embedding)")],
     "face": [("face_parsing", BISENET + "  (optional; the workflow runs without it: to whiten the crop's background "
                               "as official Stand-In does, pick it in Face Crop / Parse's parser_model)"),
              ("insightface/models/antelopev2", "antelopev2 (optional for Stand-In; Slot-ID needs its ArcFace)")],
@@ -253,6 +282,14 @@ WORKFLOWS = {
         _note("**Slot-ID + Stand-In** on **Wan 2.1 T2V 14B**: identity tokens in the text stream and the anchor "
               "face in self-attention. Lower either strength if the face looks over-constrained.",
               "wan21", "text", "slot", "standin21", "face")),
+    "lynx_wan21_t2v_14b": (
+        lynx_wan21,
+        _note("**Lynx** text-to-video on native **Wan 2.1 T2V 14B** (fp8): the anchor face's ArcFace IR-SE50 "
+              "embedding becomes 16 identity tokens in every block's cross-attention (ID adapter), and its 256 "
+              "crop, encoded by the VAE and passed with the text \"image of a face\", joins self-attention (Ref "
+              "adapter). Official defaults: 832x480, 81 frames, 50 steps, cfg 5. lynx_lite: pick it in Lynx "
+              "Loader (ID adapter only; VAE and reference text are then unused).",
+              "wan21", "text", "lynx", "face")),
     "face_crop_parse": (
         face_preprocess,
         _note("**Face preprocessing alone**: the reference clip's frames, face crops on white (what Stand-In "
