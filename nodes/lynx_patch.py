@@ -8,7 +8,7 @@
   earlier one) that adds the Ref attention to the block's self-attention (its first attention call) and the ID
   attention to its cross-attention (its second);
 - ON_PRE_RUN / ON_CLEANUP drop the caches; the adapters live in their own side-model patcher
-  (standin_patch.side_model_patcher), attached with set_additional_models, so fp8, offload and dynamic VRAM work.
+  (hooks.side_model_patcher), attached with set_additional_models, so fp8, offload and dynamic VRAM work.
 The shared model is never touched: all of this sits on a clone.
 """
 import logging
@@ -21,14 +21,14 @@ from comfy.ldm.modules import attention as comfy_attention
 
 from ..wanid.lynx.adapters import ip_kv, reference_features, ref_kv, rms_norm, unrotate
 from ..wanid.lynx.checkpoint import LynxAdapters
-from .standin_patch import _preferred, _tensors, check_host, offload_side_model, side_model_patcher
+from . import hooks
 from .wan import patchable_wan_model_of
 
 KEY = "wanid_lynx"
 
 
 def adapters_patcher(weights, disable_dynamic=False):
-    return side_model_patcher(lambda operations, device: LynxAdapters(weights, operations, device),
+    return hooks.side_model_patcher(lambda operations, device: LynxAdapters(weights, operations, device),
                               LynxAdapters.state_dict_of(weights), (adapters_patcher, (weights,)), disable_dynamic)
 
 
@@ -74,7 +74,7 @@ class LynxPatch:
             side = [self.adapters.clone()]
         patch = LynxPatch(side[0], (self.variant, self.ip_blocks), self.embedding, self.reference,
                           self.reference_context, self.ip_scale, self.ref_scale, self.sigma_range, self.ref_blocks)
-        _attach(clone, patch, len(clone.model.diffusion_model.blocks))
+        hooks.attach(clone, KEY, patch, patch.adapters, len(clone.model.diffusion_model.blocks))
 
     # --- DIFFUSION_MODEL wrapper -------------------------------------------------------------------------------
     def diffusion_model_wrapper(self, executor, *args, **kwargs):
@@ -135,7 +135,7 @@ class LynxPatch:
                         f = torch.cat([feats[0][i], feats[1][i]])
                         run.ref[i] = ref_kv(layer, f, model.blocks[i].self_attn.norm_k)
                         self.builds["ref"] += 1
-        offload_side_model(self.adapters)
+        hooks.offload_side_model(self.adapters)
 
     def _reference_pass(self, model, latent, dtype):
         """The reference alone through the frozen blocks at t = 0 with its own text; each block's features."""
@@ -171,10 +171,9 @@ class LynxPatch:
                 pick = lambda kv: None if kv is None else tuple(t.index_select(0, select) for t in kv)  # noqa: E731
                 override = _LynxOverride(pick(ip), pick(ref), self.ip_scale, self.ref_scale, args["pe"],
                                          block.self_attn.num_heads, options.get("optimized_attention_override"),
-                                         (_preferred(block.self_attn), _preferred(block.cross_attn)))
+                                         (hooks.preferred_attention(block.self_attn), hooks.preferred_attention(block.cross_attn)))
                 args = {**args, "transformer_options": {**options, "optimized_attention_override": override}}
             return previous(args, extra) if previous else extra["original_block"](args)
-        replace.wanid_lynx = True
         return replace
 
 
@@ -199,7 +198,7 @@ class _LynxOverride:
         return (preferred or func)(q, k, v, heads=self.heads, **kw)
 
     def __call__(self, func, q, k, v, *args, **kwargs):
-        q, k, v = _tensors(q, k, v)
+        q, k, v = hooks.as_tensors(q, k, v)
         call, self.calls = self.calls, self.calls + 1
         kind = 0 if call == 0 else 1 if call == 1 else None
         out = self._host(func, q, k, v, *args, preferred=self.preferred[0 if call == 0 else 1], **kwargs)
@@ -236,36 +235,13 @@ def parse_blocks(text, num_blocks):
 
 
 def check_model(patcher, weights):
-    check_host()
+    hooks.check_host("Lynx Apply")
     model = patchable_wan_model_of(patcher, "Lynx Apply")
     if type(model.blocks[0].cross_attn).__name__ != "WanT2VCrossAttention":
         raise ValueError(f"model: Lynx is trained on Wan 2.1 text-to-video; this model's cross-attention is "
                          f"{type(model.blocks[0].cross_attn).__name__}. Load a Wan 2.1 T2V model.")
     weights.check_against(len(model.blocks), model.dim, f"this Wan model (dim {model.dim})")
     return model
-
-
-def _attach(out, patch, num_blocks):
-    extension = comfy.patcher_extension
-    out.remove_wrappers_with_key(extension.WrappersMP.DIFFUSION_MODEL, KEY)
-    out.add_wrapper_with_key(extension.WrappersMP.DIFFUSION_MODEL, KEY, patch.diffusion_model_wrapper)
-    for call in (extension.CallbacksMP.ON_PRE_RUN, extension.CallbacksMP.ON_CLEANUP):
-        out.remove_callbacks_with_key(call, KEY)
-        out.add_callback_with_key(call, KEY, patch.reset)
-    for name in ("ON_DEEPCLONE_MULTIGPU", "ON_MATCH_MULTIGPU_CLONES"):
-        call = getattr(extension.CallbacksMP, name, None)
-        if call is not None:
-            out.remove_callbacks_with_key(call, KEY)
-            out.add_callback_with_key(call, KEY, patch.rebind_clone)
-    out.set_additional_models(KEY, [patch.adapters])
-    existing = out.model_options["transformer_options"].get("patches_replace", {}).get("dit", {})
-    for i in range(num_blocks):
-        previous = existing.get(("double_block", i))
-        while previous is not None and getattr(previous, "wanid_lynx", False):
-            previous = getattr(previous, "wanid_previous", None)  # a replaced Lynx patch: skip it
-        replace = patch.block_replace(i, previous)
-        replace.wanid_previous = previous
-        out.set_model_patch_replace(replace, "dit", "double_block", i)
 
 
 def apply_lynx(patcher, weights, embedding, reference=None, reference_context=None, ip_scale=1.0, ref_scale=1.0,
@@ -309,5 +285,5 @@ def apply_lynx(patcher, weights, embedding, reference=None, reference_context=No
                       embedding, tuple(r.detach().cpu().float() for r in reference) if use_ref else None,
                       reference_context.detach().cpu().float() if use_ref else None,
                       ip_scale, ref_scale if use_ref else 0.0, sigma_range, blocks)
-    _attach(out, patch, len(model.blocks))
+    hooks.attach(out, KEY, patch, patch.adapters, len(model.blocks))
     return out

@@ -17,9 +17,9 @@ def _comfyui_version():
 
 
 def _host_error():
-    from . import standin_patch
+    from . import hooks
     try:
-        standin_patch.check_host()
+        hooks.check_host()
     except Exception as e:  # noqa: BLE001 - the message says which hooks are missing and what to do
         return str(e)
     return ""
@@ -49,8 +49,8 @@ def _folders():
 
 
 def gather_host():
-    from .standin_patch import MIN_VERSION
-    return HostFacts(comfyui_version=_comfyui_version(), min_version=MIN_VERSION, host_error=_host_error(),
+    from ..wanid.host_versions import MIN_SUPPORTED
+    return HostFacts(comfyui_version=_comfyui_version(), min_version=MIN_SUPPORTED, host_error=_host_error(),
                      device=_device(), folders=_folders())
 
 

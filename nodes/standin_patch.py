@@ -19,38 +19,16 @@ import logging
 import torch
 
 import comfy.model_management
-import comfy.model_patcher
-import comfy.ops
 import comfy.patcher_extension
 from comfy.ldm.modules import attention as comfy_attention
 
-from ..wanid.host_versions import MIN_SUPPORTED
 from ..wanid.standin.lora import StandInLoRA
 from ..wanid.standin.positions import reference_position_ids
 from ..wanid.standin.reference_branch import attend_with_reference, reference_block
+from . import hooks
 from .wan import patchable_wan_model_of
 
 KEY = "wanid_standin"
-MIN_VERSION = MIN_SUPPORTED
-
-
-def check_host():
-    """The hooks this patch needs, or an error naming the ComfyUI version that has them."""
-    from comfy.patcher_extension import CallbacksMP, WrappersMP
-    missing = []
-    if not hasattr(WrappersMP, "DIFFUSION_MODEL") or not hasattr(comfy.model_patcher.ModelPatcher, "add_wrapper_with_key"):
-        missing.append("diffusion-model wrappers")
-    if not hasattr(CallbacksMP, "ON_PRE_RUN") or not hasattr(comfy.model_patcher.ModelPatcher, "set_additional_models"):
-        missing.append("run callbacks / additional models")
-    if not hasattr(comfy_attention, "wrap_attn"):
-        missing.append("optimized_attention_override")
-    if missing:
-        try:
-            from comfyui_version import __version__ as version
-        except ImportError:
-            version = "unknown"
-        raise RuntimeError(f"RestrictedAttnPatch needs ComfyUI {MIN_VERSION} or newer (missing: {', '.join(missing)}); "
-                           f"this ComfyUI is {version}. Update ComfyUI.")
 
 
 class _Run:
@@ -86,7 +64,8 @@ class StandInPatch:
         loras = clone.get_additional_models_with_key(KEY)
         if not loras or loras[0] is self.lora_patcher:
             loras = [self.lora_patcher.clone()]
-        _attach(clone, StandInPatch(loras[0], self.reference, self.strength), len(clone.model.diffusion_model.blocks))
+        patch = StandInPatch(loras[0], self.reference, self.strength)
+        hooks.attach(clone, KEY, patch, patch.lora_patcher, len(clone.model.diffusion_model.blocks))
 
     # --- DIFFUSION_MODEL wrapper -------------------------------------------------------------------------------
     def diffusion_model_wrapper(self, executor, *args, **kwargs):
@@ -146,7 +125,7 @@ class StandInPatch:
         return run.kv[i]
 
     def _offload_lora(self):
-        offload_side_model(self.lora_patcher)
+        hooks.offload_side_model(self.lora_patcher)
 
     # --- per-block replace -------------------------------------------------------------------------------------
     def block_replace(self, index, previous):
@@ -158,10 +137,9 @@ class StandInPatch:
             k_ref, v_ref = self.reference_kv(index)
             block = self.run.model.blocks[index]
             override = _SelfAttentionOverride(k_ref, v_ref, self.strength, options.get("optimized_attention_override"),
-                                              preferred=(_preferred(block.self_attn), _preferred(block.cross_attn)))
+                                              preferred=(hooks.preferred_attention(block.self_attn), hooks.preferred_attention(block.cross_attn)))
             args = {**args, "transformer_options": {**options, "optimized_attention_override": override}}
             return previous(args, extra) if previous else extra["original_block"](args)
-        replace.wanid_standin = True
         return replace
 
 
@@ -173,17 +151,6 @@ def _reads_rope_options(model):
 def apply_rope(x, freqs):
     from comfy.ldm.flux.math import apply_rope1
     return apply_rope1(x, freqs)
-
-
-def _preferred(module):
-    """A checkpoint's own attention for this module (ComfyAttention, newer ComfyUI), or None. The host skips it
-    whenever an override is installed, so the override honours it itself."""
-    return getattr(getattr(module, "comfy_attention", None), "function", None)
-
-
-def _tensors(q, k, v):
-    """q, k, v as tensors: newer ComfyUI may pass AttentionTensorContainer (single-owner wrappers)."""
-    return tuple(t.take() if hasattr(t, "take") and not isinstance(t, torch.Tensor) else t for t in (q, k, v))
 
 
 class _SelfAttentionOverride:
@@ -202,7 +169,7 @@ class _SelfAttentionOverride:
         return (preferred or func)(q, k, v, *args, **kwargs)
 
     def __call__(self, func, q, k, v, *args, **kwargs):
-        q, k, v = _tensors(q, k, v)
+        q, k, v = hooks.as_tensors(q, k, v)
         if self.pending and q.shape[1] == k.shape[1]:
             self.pending = False
             preferred = self.preferred[0]
@@ -222,70 +189,18 @@ class _SelfAttentionOverride:
 
 def check_model(patcher, weights):
     """The WanModel behind `patcher`, once the host, the model and the Stand-In file are known to fit."""
-    check_host()
+    hooks.check_host()
     model = patchable_wan_model_of(patcher, "RestrictedAttnPatch")
     weights.check_against(len(model.blocks), model.dim, f"this Wan model (dim {model.dim})")
     return model
 
 
-def side_model_patcher(build, state_dict, cached_init, disable_dynamic=False):
-    """A patch's own weights in their own patcher, built as core builds side models (comfy_extras/nodes_model_patch.py):
-    build(operations, device) makes the module of manual_cast layers on the offload device; a CoreModelPatcher (the
-    dynamic-VRAM one where ComfyUI enabled it; a plain ModelPatcher among the loaded models would turn dynamic
-    freeing off for the whole load); load_state_dict with assign=is_dynamic(): dynamic layers have no weight until
-    their state dict is assigned. cached_init (function, args) lets native multi-GPU make a fresh copy per device.
-    Shared by Stand-In (its LoRA) and Lynx (its adapters)."""
-    core = getattr(comfy.model_patcher, "CoreModelPatcher", comfy.model_patcher.ModelPatcher)
-    cls = comfy.model_patcher.ModelPatcher if disable_dynamic else core
-    offload = comfy.model_management.unet_offload_device()
-    module = build(comfy.ops.manual_cast, offload)
-    patcher = cls(module, load_device=comfy.model_management.get_torch_device(), offload_device=offload)
-    is_dynamic = getattr(patcher, "is_dynamic", lambda: False)()
-    module.load_state_dict(state_dict, strict=True, assign=is_dynamic)
-    module.eval().requires_grad_(False)
-    patcher.cached_patcher_init = cached_init
-    return patcher
-
-
-def offload_side_model(patcher):
-    """Once a run's caches are built the side model is idle until the next run: hand its memory back the way
-    ComfyUI frees memory itself (the next run's load_models_gpu loads it again)."""
-    if patcher.load_device != patcher.offload_device and patcher.loaded_size() > 0:
-        patcher.partially_unload(patcher.offload_device, memory_to_free=patcher.model_size())
-
-
 def lora_patcher(weights, disable_dynamic=False):
     """Stand-In's LoRA in its own side-model patcher (side_model_patcher)."""
-    return side_model_patcher(
+    return hooks.side_model_patcher(
         lambda operations, device: StandInLoRA(weights.num_blocks, weights.dim, weights.rank, operations=operations,
                                                device=device),
         weights.state_dict, (lora_patcher, (weights,)), disable_dynamic)
-
-
-def _attach(out, patch, num_blocks):
-    """Install `patch` on the clone `out`: wrapper, run callbacks, LoRA side model and one chained block replace per
-    block (an earlier Stand-In patch on the same model is replaced, other packs' entries are kept)."""
-    extension = comfy.patcher_extension
-    out.remove_wrappers_with_key(extension.WrappersMP.DIFFUSION_MODEL, KEY)
-    out.add_wrapper_with_key(extension.WrappersMP.DIFFUSION_MODEL, KEY, patch.diffusion_model_wrapper)
-    for call in (extension.CallbacksMP.ON_PRE_RUN, extension.CallbacksMP.ON_CLEANUP):
-        out.remove_callbacks_with_key(call, KEY)
-        out.add_callback_with_key(call, KEY, patch.reset)
-    for name in ("ON_DEEPCLONE_MULTIGPU", "ON_MATCH_MULTIGPU_CLONES"):  # native multi-GPU (0.33+)
-        call = getattr(extension.CallbacksMP, name, None)
-        if call is not None:
-            out.remove_callbacks_with_key(call, KEY)
-            out.add_callback_with_key(call, KEY, patch.rebind_clone)
-    out.set_additional_models(KEY, [patch.lora_patcher])
-
-    existing = out.model_options["transformer_options"].get("patches_replace", {}).get("dit", {})
-    for i in range(num_blocks):
-        previous = existing.get(("double_block", i))
-        while previous is not None and getattr(previous, "wanid_standin", False):
-            previous = getattr(previous, "wanid_previous", None)  # a replaced Stand-In patch: skip it
-        replace = patch.block_replace(i, previous)
-        replace.wanid_previous = previous
-        out.set_model_patch_replace(replace, "dit", "double_block", i)
 
 
 def apply_standin(patcher, weights, reference, strength):
@@ -302,5 +217,5 @@ def apply_standin(patcher, weights, reference, strength):
     if out.get_wrappers(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, KEY):
         logging.warning("[WanIdentity] this model already had a Stand-In patch; the new one replaces it.")
     patch = StandInPatch(lora_patcher(weights), reference.detach().cpu(), strength)
-    _attach(out, patch, len(model.blocks))
+    hooks.attach(out, KEY, patch, patch.lora_patcher, len(model.blocks))
     return out
