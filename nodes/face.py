@@ -19,6 +19,7 @@ from .types import FaceClipType, FrameTimes
 
 DETECTORS = ("auto", "antelopev2", "buffalo_l", "retinaface_mobilenet")
 NO_PARSER = "none (fallback)"
+AUTO_PARSER = "auto"  # parsing_bisenet.pth (else another file) when installed, else none: workflows run either way
 
 # (kind, path or name, provider/device) -> detector, ArcFace session or parser
 _cache = LoadedCache(6)
@@ -30,7 +31,7 @@ def _parser_files():
         paths.register_model_folders()
     files = folder_paths.get_filename_list("face_parsing")
     preferred = [f for f in files if os.path.basename(f) == "parsing_bisenet.pth"]
-    return preferred + [f for f in files if f not in preferred] + [NO_PARSER]
+    return [AUTO_PARSER] + preferred + [f for f in files if f not in preferred] + [NO_PARSER]
 
 
 def detector_and_embedder(kind, provider):
@@ -63,6 +64,11 @@ def _pack_stamp(root, kind):
 
 
 def _parser(name):
+    if name == AUTO_PARSER:
+        installed = _parser_files()[1:-1]
+        if not installed:
+            return None  # the info line says the fallback was used and where BiSeNet goes
+        name = installed[0]
     if name == NO_PARSER:
         return None
     path = folder_paths.get_full_path("face_parsing", name)
@@ -104,9 +110,10 @@ class WanIDFaceCropParse(io.ComfyNode):
                                tooltip="Parser labels painted white: official = background only; "
                                        "no_neck_cloth_hat also removes neck, necklace, clothes and hat; "
                                        "face_only keeps the face without hair."),
-                io.Combo.Input("parser_model", options=_parser_files(),
-                               tooltip="BiSeNet weights in models/face_parsing (facexlib's parsing_bisenet.pth)."
-                                       " Without one, the crop keeps its background (see fallback)."),
+                io.Combo.Input("parser_model", options=_parser_files(), default=AUTO_PARSER,
+                               tooltip="BiSeNet weights in models/face_parsing (facexlib's parsing_bisenet.pth); "
+                                       "auto = that file when installed, else none. Without one, the crop keeps "
+                                       "its background (see fallback)."),
                 io.Combo.Input("provider", options=list(PROVIDER_CHOICES), default="auto",
                                tooltip="ONNX Runtime device for detection and ArcFace; the one actually used "
                                        "is written in info."),

@@ -90,13 +90,19 @@ def test_node_errors_name_the_input(face_nodes, models_dir):
 
 def test_parser_from_the_model_folder(face_nodes, models_dir):
     wparsing = importlib.import_module(face_nodes.__name__.rsplit(".", 2)[0] + ".wanid.face.parsing")
-    torch.save(wparsing.BiSeNet(19).state_dict(), models_dir / "face_parsing" / "parsing_bisenet.pth")
-    assert face_nodes._parser_files()[0] == "parsing_bisenet.pth"
     frames = torch.from_numpy(carphone()[:1]).float() / 255
-    out = run(face_nodes.WanIDFaceCropParse, images=frames, parser_model="parsing_bisenet.pth")
-    crops, masks = out.result[0], out.result[1]
-    assert torch.all(crops[masks == 0] == 1.0)
-    assert "parsing_bisenet.pth" in out.result[5]
+    target = models_dir / "face_parsing" / "parsing_bisenet.pth"
+    target.unlink(missing_ok=True)
+    # auto without a parser installed: the fallback, said in info
+    out = run(face_nodes.WanIDFaceCropParse, images=frames, parser_model="auto")
+    assert "parser: none: fallback" in out.result[5]
+    torch.save(wparsing.BiSeNet(19).state_dict(), target)
+    assert face_nodes._parser_files()[:2] == ["auto", "parsing_bisenet.pth"]
+    for choice in ("parsing_bisenet.pth", "auto"):  # auto takes BiSeNet once it is there
+        out = run(face_nodes.WanIDFaceCropParse, images=frames, parser_model=choice)
+        crops, masks = out.result[0], out.result[1]
+        assert torch.all(crops[masks == 0] == 1.0)
+        assert "parsing_bisenet.pth" in out.result[5], choice
 
 
 # ------------------------------------------------------------------------------------------- real server

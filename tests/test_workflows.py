@@ -39,7 +39,7 @@ DOCUMENTED = {  # input -> the model file names the README documents
     "vae_name": {templates.WAN_VAE},
     "standin_name": {templates.STANDIN_21, templates.STANDIN_22_HIGH, templates.STANDIN_22_LOW},
     "slot_id_name": {templates.SLOT_ID},
-    "parser_model": {templates.NO_PARSER},  # BiSeNet is optional: the files run without it (the note names it)
+    "parser_model": {templates.AUTO_PARSER},  # BiSeNet when installed, else none: the files run either way
     "lynx_name": {templates.LYNX_FULL},
     "arcface_name": {templates.LYNX_ARCFACE},
 }
@@ -85,17 +85,17 @@ def test_model_file_names_are_the_documented_ones():
 
 
 def test_optional_models_are_optional_in_the_workflows():
-    """The README calls BiSeNet optional: no shipped workflow names it (Face Crop / Parse runs without a parser);
-    every note says where it goes and how to use it. Face detection is 'auto' (the bundled RetinaFace without
+    """The README calls BiSeNet optional: no shipped workflow names it (parser_model auto: BiSeNet when installed,
+    else none); every note says where it goes and that it is optional. Face detection is 'auto' (the bundled RetinaFace without
     antelopev2)."""
     for name in NAMES:
         api = load(name)
         for node in api.values():
             if node["class_type"] == "WanIDFaceCropParse":
-                assert node["inputs"]["parser_model"] == templates.NO_PARSER, name
+                assert node["inputs"]["parser_model"] == templates.AUTO_PARSER, name
                 assert node["inputs"]["detector"] == "auto", name
         note = next(n for n in load(name, api=False)["nodes"] if n["type"] == "MarkdownNote")["widgets_values"][0]
-        assert templates.BISENET in note and "optional" in note and "parser_model" in note, name
+        assert templates.BISENET in note and "optional" in note and "auto" in note, name
 
 
 def test_prompts_and_reference_reach_the_right_nodes():

@@ -36,10 +36,9 @@ BISENET = "parsing_bisenet.pth"
 LYNX_FULL = "lynx_full"  # a folder of models/lynx (ByteDance/lynx): resampler, ip_layers, ref_layers .safetensors
 LYNX_ARCFACE = "recognition_arcface_ir_se50.pth"  # facexlib's IR-SE50, in models/facexlib
 LYNX_REFERENCE_TEXT = "image of a face"  # the text the official code passes the reference face with
-# Face Crop / Parse's parser_model in the shipped files: BiSeNet is optional (README), so the workflows run
-# without it; with it installed, pick it there (or --set NODE.parser_model=parsing_bisenet.pth) for the official
-# background whitening.
-NO_PARSER = "none (fallback)"
+# Face Crop / Parse's parser_model in the shipped files: "auto" uses BiSeNet (the official background whitening)
+# when it is installed and runs without it otherwise, since the README calls it optional.
+AUTO_PARSER = "auto"
 REFERENCE = "reference.mp4"  # placeholder: the user's clip (uploaded with the node's button or --reference)
 
 # Inputs whose values are file names (models, the user's clip): checked against the server's lists only when
@@ -97,7 +96,7 @@ def _face(g, on_no_face="skip"):
                  duration=0.0, stride=0, max_side=1024)
     face = g.add("WanIDFaceCropParse", None, images=out(clip, 0), times=out(clip, 1), detector="auto",
                  face_choice="largest", face_index=0, on_no_face=on_no_face, label_set="official",
-                 parser_model=NO_PARSER, provider="auto", fallback="keep_all", normalization="official")
+                 parser_model=AUTO_PARSER, provider="auto", fallback="keep_all", normalization="official")
     g.add("PreviewImage", "Faces found (gold = anchor)", images=out(face, 4))
     return clip, face
 
@@ -243,8 +242,8 @@ _MODELS = {
     "slot": [("slot_id", SLOT_ID)],
     "lynx": [("lynx", f"{LYNX_FULL}/ (resampler, ip_layers, ref_layers .safetensors; ByteDance/lynx)"),
              ("facexlib", f"{LYNX_ARCFACE} (facexlib's ArcFace IR-SE50, Lynx's face embedding)")],
-    "face": [("face_parsing", BISENET + "  (optional; the workflow runs without it: to whiten the crop's background "
-                              "as official Stand-In does, pick it in Face Crop / Parse's parser_model)"),
+    "face": [("face_parsing", BISENET + "  (optional; parser_model auto uses it when installed, for Stand-In's "
+                              "official white background; the workflow runs without it)"),
              ("insightface/models/antelopev2", "antelopev2 (optional for Stand-In; Slot-ID needs its ArcFace)")],
 }
 
