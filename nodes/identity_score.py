@@ -14,9 +14,21 @@ from . import paths
 from .face import DETECTORS, detector_and_embedder
 from .types import FaceClipType
 
+INSIGHTFACE = "insightface (onnx)"  # the recognition model of models/insightface, as before this option existed
 
-def _embedder(det_kind, provider):
+
+def recognition_choices():
+    """insightface's ArcFace (default), or an IR-SE50 of models/facexlib: the embedding Lynx is trained with, so
+    Stand-In, Lynx and Slot-ID outputs can be compared on one number."""
+    from .lynx import arcface_files
+    return [INSIGHTFACE] + arcface_files()
+
+
+def _embedder(det_kind, provider, recognition=INSIGHTFACE):
     det, embedder = detector_and_embedder(det_kind, provider)
+    if recognition != INSIGHTFACE:
+        from .lynx import arcface_embedder
+        return det, arcface_embedder(recognition, "recognition")
     if embedder is None:
         where = os.path.join(paths.model_dir("insightface"), "models")
         raise FileNotFoundError(
@@ -37,7 +49,9 @@ class WanIDIdentityScore(io.ComfyNode):
             description="Face similarity of every generated frame to the reference: ArcFace cosine of the largest "
                         "face (ConsisID's FaceSim-Arc), its mean over the frames with a face, and a plot. Frames "
                         "without a face are marked and left out of the mean. Needs glintr100.onnx (antelopev2) or "
-                        "w600k_r50.onnx (buffalo_l) in models/insightface/models/<name>.",
+                        "w600k_r50.onnx (buffalo_l) in models/insightface/models/<name>; or, with recognition set to "
+                        "it, facexlib's IR-SE50 (recognition_arcface_ir_se50.pth, Lynx's embedding) in "
+                        "models/facexlib.",
             inputs=[
                 io.Image.Input("images", tooltip="The generated frames (decoded video)."),
                 io.MultiType.Input("reference", types=[FaceClipType, io.Image],
@@ -51,6 +65,12 @@ class WanIDIdentityScore(io.ComfyNode):
                 io.Combo.Input("reference_mode", options=list(REFERENCE_MODES), default="mean", optional=True,
                                tooltip="With a FACE_CLIP: mean of its frames' embeddings (steadier) or only "
                                        "the anchor frame's."),
+                # no default: the first option is it, and the page generator then treats the list as the install's files
+                io.Combo.Input("recognition", options=recognition_choices(), optional=True,
+                               tooltip="Face embedding: insightface's ArcFace (models/insightface), or facexlib's "
+                                       "IR-SE50 in models/facexlib (recognition_arcface_ir_se50.pth, the one Lynx "
+                                       "uses) to compare Stand-In, Lynx and Slot-ID on one number. The detector "
+                                       "still finds the faces."),
             ],
             outputs=[
                 io.Float.Output("mean", tooltip="Mean cosine similarity over the frames with a face "
@@ -62,11 +82,12 @@ class WanIDIdentityScore(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, images, reference, detector, provider, reference_mode="mean") -> io.NodeOutput:
+    def execute(cls, images, reference, detector, provider, reference_mode="mean",
+                recognition=INSIGHTFACE) -> io.NodeOutput:
         if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[0] == 0:
             shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
             raise ValueError(f"images: expected a batch of frames [T, H, W, 3], got {shape}")
-        det, embedder = _embedder(detector, provider)
+        det, embedder = _embedder(detector, provider, recognition)
         embed_faces = arcface_faces(det, embedder)
         if isinstance(reference, torch.Tensor):
             ref, source = reference_from_images(reference, embed_faces), "reference photo"

@@ -8,7 +8,7 @@ import folder_paths
 from .v3 import io
 
 from ..wanid.errors import check_finite_numbers
-from ..wanid.lynx.arcface import embed_aligned, load_arcface
+from ..wanid.lynx.arcface import ARCFACE_FILE, IRSE50Embedder, embed_aligned, is_arcface_file, load_arcface
 from ..wanid.lynx.checkpoint import LynxWeights, load_lynx
 from ..wanid.face.pipeline import to_uint8
 from . import paths
@@ -16,8 +16,8 @@ from .cache import LoadedCache, file_key
 from .lynx_patch import apply_lynx, check_model
 from .types import FaceClipType, LynxModelType
 
-ARCFACE_FILE = "recognition_arcface_ir_se50.pth"
 _loaded = LoadedCache(2)
+_arcfaces = LoadedCache(2)
 
 
 @dataclass
@@ -43,7 +43,25 @@ def arcface_files():
         paths.register_model_folders()
     files = folder_paths.get_filename_list("facexlib")
     preferred = [f for f in files if os.path.basename(f) == ARCFACE_FILE]
-    return preferred + [f for f in files if f not in preferred and "arcface" in os.path.basename(f).lower()]
+    return preferred + [f for f in files if f not in preferred and is_arcface_file(f)]
+
+
+def _arcface_path(name, input_name="arcface_name"):
+    if "facexlib" not in folder_paths.folder_names_and_paths:
+        paths.register_model_folders()
+    path = folder_paths.get_full_path("facexlib", name) if name else None
+    if path is None:
+        raise FileNotFoundError(
+            f"{input_name}: {name!r} is not in models/facexlib. Put facexlib's {ARCFACE_FILE} in "
+            f"{paths.model_dir('facexlib')} and refresh.")
+    return path
+
+
+def arcface_embedder(name, input_name="arcface_name"):
+    """The IR-SE50 of models/facexlib/<name> as a score embedder (Identity Score), loaded once per file version."""
+    path = _arcface_path(name, input_name)
+    model = _arcfaces.get(file_key(path), lambda: load_arcface(path))
+    return IRSE50Embedder(model, name)
 
 
 def _lynx_path(name):
@@ -78,11 +96,7 @@ class WanIDLynxLoader(io.ComfyNode):
     @classmethod
     def execute(cls, lynx_name, arcface_name):
         folder = _lynx_path(lynx_name)
-        arc = folder_paths.get_full_path("facexlib", arcface_name) if arcface_name else None
-        if arc is None:
-            raise FileNotFoundError(
-                f"arcface_name: {arcface_name!r} is not in models/facexlib. Put facexlib's {ARCFACE_FILE} in "
-                f"{paths.model_dir('facexlib')} and refresh.")
+        arc = _arcface_path(arcface_name)
         key = (folder, *(file_key(os.path.join(folder, f)) for f in sorted(os.listdir(folder))), file_key(arc))
         model = _loaded.get(key, lambda: LynxModel(load_lynx(folder), load_arcface(arc), lynx_name))
         return io.NodeOutput(model)

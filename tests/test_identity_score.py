@@ -258,7 +258,10 @@ def _node(comfy_pack):
 def test_schema_is_the_public_contract(comfy_pack):
     schema = _node(comfy_pack).GET_SCHEMA()
     assert schema.node_id == "WanIDIdentityScore" and schema.category == "WanIdentity"
-    assert [i.id for i in schema.inputs] == ["images", "reference", "detector", "provider", "reference_mode"]
+    assert [i.id for i in schema.inputs] == ["images", "reference", "detector", "provider", "reference_mode",
+                                             "recognition"]
+    assert [i.optional for i in schema.inputs][4:] == [True, True]
+    assert schema.inputs[5].options[0] == "insightface (onnx)"  # the first option: ComfyUI's default
     assert schema.inputs[1].get_io_type() == "FACE_CLIP,IMAGE"
     assert [o.display_name or o.id for o in schema.outputs] == ["mean", "per_frame", "plot"]
     assert [o.get_io_type() for o in schema.outputs] == ["FLOAT", "STRING", "IMAGE"]
@@ -338,6 +341,111 @@ def test_node_with_a_face_clip_reference(insightface_dir, comfy_pack):
     assert "mean of 2 frames" in m1.ui["text"][0] and "anchor frame" in m2.ui["text"][0]
     with pytest.raises(ValueError, match="reference: expected a FACE_CLIP or an IMAGE"):
         node.execute(frames, "nope", "auto", "CPU")
+
+
+# ------------------------------------------------------------------------------------------------- IR-SE50
+IR_SE50 = "recognition_arcface_ir_se50.pth"
+
+
+def write_ir_se50(path, seed=0):
+    """A random IR-SE50 in facexlib's format (the state dict of facexlib's Backbone(50, 0.6, 'ir_se'), torch.save),
+    with non-trivial batch-norm statistics, as tests/test_lynx_arcface.py draws them."""
+    from wanid.lynx.arcface import ArcFaceIRSE50
+
+    torch.manual_seed(seed)
+    net = ArcFaceIRSE50()
+    for m in net.modules():
+        if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+            m.running_mean.normal_(0, 0.1)
+            m.running_var.uniform_(0.5, 1.5)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.normal_(0, 0.1)
+        if isinstance(m, nn.PReLU):
+            m.weight.data.uniform_(0.0, 0.5)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    torch.save(net.state_dict(), path)
+    try:  # when facexlib is installed: the file has exactly its key names
+        from facexlib.recognition.arcface_arch import Backbone
+        assert set(Backbone(50, 0.6, "ir_se").state_dict()) == set(net.state_dict())
+    except ImportError:
+        pass
+    return path
+
+
+@pytest.fixture()
+def facexlib_dir(comfy_pack, tmp_path, monkeypatch):
+    """An empty models/facexlib for the node (ComfyUI's own folder list is restored afterwards)."""
+    import folder_paths
+
+    from wanid_pack.nodes import paths
+    paths.register_model_folders()
+    _, exts = folder_paths.folder_names_and_paths["facexlib"]
+    folder = tmp_path / "facexlib"
+    folder.mkdir()
+    monkeypatch.setitem(folder_paths.folder_names_and_paths, "facexlib", ([str(folder)], exts))
+    return folder
+
+
+def _direct_ir_se50(model, frame):
+    """The bundled detector's largest face, then wanid/lynx/arcface.py as Lynx Apply uses it."""
+    from wanid.face.detect import load_detector
+    from wanid.lynx.arcface import aligned_faces, embed_aligned
+
+    d = load_detector("retinaface_mobilenet")[0].detect([frame], 640)[0]
+    k = int(np.argmax((d.boxes[:, 2] - d.boxes[:, 0]) * (d.boxes[:, 3] - d.boxes[:, 1])))
+    return embed_aligned(model, aligned_faces([frame], [d.landmarks[k]]))[0].double().numpy()
+
+
+@pytest.mark.integration
+def test_node_scores_with_lynxs_ir_se50(insightface_dir, facexlib_dir, comfy_pack):
+    """recognition = the IR-SE50 of models/facexlib: the scores are the cosines of the embeddings that
+    wanid/lynx/arcface.py gives directly (also with a FACE_CLIP: from its aligned faces, what Lynx Apply embeds);
+    no insightface model is needed."""
+    from wanid.lynx.arcface import aligned_faces, embed_aligned, load_arcface
+    from wanid_pack.nodes.identity_score import recognition_choices
+
+    path = write_ir_se50(facexlib_dir / IR_SE50)
+    assert recognition_choices() == ["insightface (onnx)", IR_SE50]
+    model = load_arcface(str(path))
+    car = carphone()
+    idx = [0, 30, 60, 90]
+    frames = torch.from_numpy(car[idx]).float() / 255
+    frames[2] = 0.0  # no face
+    node = _node(comfy_pack)
+    out = node.execute(frames, torch.from_numpy(car[0:1]).float() / 255, "auto", "CPU", recognition=IR_SE50)
+    values = json.loads(out.args[1])
+    assert [v is None for v in values] == [False, False, True, False]
+    ref = _direct_ir_se50(model, car[0])
+    for j, i in enumerate(idx):
+        if values[j] is not None:
+            e = _direct_ir_se50(model, car[i])
+            assert values[j] == pytest.approx(e @ ref / np.linalg.norm(e) / np.linalg.norm(ref), abs=1e-5), j
+    assert values[0] == pytest.approx(1.0, abs=1e-5)
+    assert "IR-SE50" in out.ui["text"][0] and "torch CPU" in out.ui["text"][0]
+
+    # a FACE_CLIP reference: its valid frames' aligned faces (source-frame alignment), not its crops
+    aligned = torch.from_numpy(aligned_faces(car[[10, 20, 40]], np.stack(
+        [_landmarks(car[i]) for i in (10, 20, 40)]))).float() / 255
+    clip = _clip(None, [True, False, True])
+    clip.aligned = aligned
+    out = node.execute(frames, clip, "auto", "CPU", reference_mode="mean", recognition=IR_SE50)
+    u8 = np.clip(np.rint(aligned.numpy() * 255), 0, 255).astype(np.uint8)
+    embs = embed_aligned(model, u8[[0, 2]]).double().numpy()
+    ref = embs.mean(0) / np.linalg.norm(embs.mean(0))
+    values = json.loads(out.args[1])
+    e0 = _direct_ir_se50(model, car[0])
+    assert values[0] == pytest.approx(e0 @ ref / np.linalg.norm(e0), abs=1e-5)
+    assert "aligned faces embedded with facexlib/" in out.ui["text"][0]
+
+    with pytest.raises(FileNotFoundError, match="recognition: 'nope.pth' is not in models/facexlib"):
+        node.execute(frames, clip, "auto", "CPU", recognition="nope.pth")
+
+
+def _landmarks(frame):
+    from wanid.face.detect import load_detector
+
+    d = load_detector("retinaface_mobilenet")[0].detect([frame], 640)[0]
+    return d.landmarks[int(np.argmax((d.boxes[:, 2] - d.boxes[:, 0]) * (d.boxes[:, 3] - d.boxes[:, 1])))]
 
 
 # ------------------------------------------------------------------------------------------------- judge

@@ -136,6 +136,12 @@ def reference_from_clip(clip, mode="mean", embedder=None):
     stored = clip.embeddings
     if stored is not None and (embedder is None or not clip.embedding_model or clip.embedding_model == name):
         emb, source = np.asarray(stored, np.float32), f"FACE_CLIP embeddings ({clip.embedding_model or 'unnamed'})"
+    elif embedder is not None and getattr(embedder, "prefers_aligned", False) and getattr(clip, "aligned", None) is not None:
+        idx = np.flatnonzero(valid)  # the 112 alignment from the source frame, as Lynx Apply embeds it
+        fresh = embedder.embed_aligned(to_uint8(clip.aligned[idx]))
+        emb = np.zeros((valid.shape[0], fresh.shape[1]), np.float32)
+        emb[idx] = fresh
+        source = f"FACE_CLIP aligned faces embedded with {name}"
     elif embedder is not None:
         idx = np.flatnonzero(valid)
         crops = to_uint8(clip.crops[idx])

@@ -11,6 +11,7 @@ import importlib
 import importlib.metadata
 import importlib.util
 import os
+import re
 from dataclasses import dataclass, field
 
 from .face.onnx_session import ACCELERATORS
@@ -424,6 +425,78 @@ def insightface_checks(host):
     return out, pack is not None, rec is not None
 
 
+def _input_named(e, *names):
+    """The loader's message without the node input and the file it names first ('lynx_name: ...',
+    'Lynx lynx_full: ...'): the report's line names the file already."""
+    msg = re.sub(r"^(lynx_name|arcface_name):\s*", "", _first_line(e))
+    for name in names:
+        msg = msg[len(name) + 2:] if msg.startswith(name + ": ") else msg
+    return msg
+
+
+LYNX_DOWNLOAD = "the lynx_full (or lynx_lite) folder of ByteDance/lynx on Hugging Face"
+
+
+def lynx_checks(host):
+    """Each folder of models/lynx holding resampler.safetensors, through Lynx Loader's own reader and validator
+    (wanid.lynx.checkpoint.load_lynx): OK exactly for the folders the node accepts, with what they are."""
+    from .lynx.checkpoint import load_lynx
+    folder = _folder_of(host, "lynx")
+    files = host.folders.get("lynx", ([], []))[1]
+    found = {}
+    for name, path in files:
+        if os.path.basename(name) == "resampler.safetensors":
+            found.setdefault(os.path.dirname(name).replace(os.sep, "/") or ".", os.path.dirname(path))
+    if not found:
+        return [Check(MISSING, f"Lynx: no lynx_full/ or lynx_lite/ folder in {folder}{_others(host, 'lynx')} "
+                               "(optional: only Lynx needs it)", f"download {LYNX_DOWNLOAD} into {folder}")], False
+    out, good = [], False
+    for name, path in sorted(found.items()):
+        try:
+            w = load_lynx(path)
+        except Exception as e:  # noqa: BLE001 - LynxFileError (or a reader error): name the folder
+            out.append(Check(WARN, f"Lynx {name}: {_input_named(e, 'Lynx ' + os.path.basename(path))}", f"download {LYNX_DOWNLOAD} again into {folder}"))
+            continue
+        blocks = w.ip_layers if w.variant == "full" else 2 * w.ip_layers
+        what = ("full (ID + Ref adapter)" if w.ref_layers else "full (ID adapter only)") if w.variant == "full" \
+            else "lite (ID adapter)"
+        fit = wan_of(w.dim, blocks)
+        if fit.startswith("fits") and w.ref_layers and w.ref_layers != blocks:
+            fit = f"ref_layers has {w.ref_layers} layers for {blocks} blocks"
+        status = OK if fit.startswith("fits") else WARN
+        cfg = w.resampler_config
+        out.append(Check(status, f"Lynx {name}: {what}, {w.ip_layers} ID layers, {w.ref_layers} Ref layers, dim "
+                                 f"{w.dim}, {cfg['num_queries']} tokens of width {w.token_dim}, {w.registers} "
+                                 f"registers; {fit}",
+                         "" if status == OK else "the official Lynx files are for Wan 2.1 T2V 14B: download "
+                                                 f"{LYNX_DOWNLOAD}"))
+        good = good or status == OK
+    return out, good
+
+
+def facexlib_checks(host):
+    """The IR-SE50 files of models/facexlib (Lynx Loader's arcface_name, Identity Score's recognition), each
+    through the node's own loader (wanid.lynx.arcface.load_arcface)."""
+    from .lynx.arcface import ARCFACE_FILE, is_arcface_file, load_arcface
+    folder = _folder_of(host, "facexlib")
+    files = [(n, p) for n, p in host.folders.get("facexlib", ([], []))[1] if is_arcface_file(n)]
+    if not files:
+        return [Check(MISSING, f"facexlib ArcFace: no {ARCFACE_FILE} in {folder}{_others(host, 'facexlib')} "
+                               "(Lynx needs it; Identity Score can use it)",
+                      f"download facexlib's {ARCFACE_FILE} into {folder}")], False
+    out, good = [], False
+    for name, path in files:
+        try:
+            load_arcface(path)
+        except Exception as e:  # noqa: BLE001 - ArcFaceFileError (or a reader error): name the file
+            out.append(Check(WARN, f"facexlib ArcFace {name} ({_size(path)}): {_input_named(e, os.path.basename(path))}",
+                             f"download facexlib's {ARCFACE_FILE} again into {folder}"))
+            continue
+        out.append(Check(OK, f"facexlib ArcFace {name} ({_size(path)}): IR-SE50, 512-d (Lynx's face embedding)"))
+        good = True
+    return out, good
+
+
 def _has_pack(finder, root, name):
     try:
         finder(root, name)
@@ -458,6 +531,8 @@ def build_report(host, test_providers=True):
     run("slot", "Slot-ID files", slot_id_checks)
     run("parsing", "face parsing", face_parsing_checks)
     run("insightface", "insightface", insightface_checks, nflags=2)
+    run("lynx", "Lynx files", lynx_checks)
+    run("facexlib", "facexlib ArcFace", facexlib_checks)
     report.sections.append(("Model folders", models))
 
     def bad(prefix):
@@ -475,4 +550,7 @@ def build_report(host, test_providers=True):
     report.ready["face parsing"] = face or ("" if state["parsing"][0] else f"no {PARSER_FILE} in models/face_parsing")
     report.ready["ArcFace embeddings / Identity Score"] = face or (
         "" if state["insightface"][1] else "no ArcFace model in models/insightface")
+    report.ready["Lynx"] = face or ", ".join(why for ok, why in (
+        (state["lynx"][0], "no usable folder in models/lynx"),
+        (state["facexlib"][0], "no usable IR-SE50 in models/facexlib")) if not ok)
     return report

@@ -49,6 +49,15 @@ class _Unit(nn.Module):
         return self.res_layer(x) + short
 
 
+ARCFACE_FILE = "recognition_arcface_ir_se50.pth"
+
+
+def is_arcface_file(name):
+    """The files of models/facexlib the nodes offer as IR-SE50 (facexlib keeps its other models there too)."""
+    base = os.path.basename(name)
+    return base == ARCFACE_FILE or "arcface" in base.lower()
+
+
 class ArcFaceIRSE50(nn.Module):
     def __init__(self):
         super().__init__()
@@ -115,3 +124,29 @@ def embed_aligned(model, aligned, device="cpu"):
     """Unit-length [N, 512] float32 embeddings of aligned uint8 RGB faces."""
     p = next(model.parameters())
     return model(to_input(aligned).to(device=p.device, dtype=p.dtype)).float().cpu()
+
+
+class IRSE50Embedder:
+    """The IR-SE50 behind the interface of wanid.face.embed.ArcFaceEmbedder (embed, embed_aligned, name, provider),
+    so Identity Score (wanid/score.py) can score with the embedding Lynx sees: numpy float32 [N, 512], unit length.
+    prefers_aligned: a FACE_CLIP reference is embedded from its `aligned` faces (the source-frame alignment Lynx
+    Apply embeds), not re-aligned from the crops."""
+    prefers_aligned = True
+
+    def __init__(self, model, name="recognition_arcface_ir_se50.pth"):
+        self.model = model
+        self.name = f"facexlib/{name} (IR-SE50)"
+        self.provider = f"torch {next(model.parameters()).device.type.upper()}"
+
+    def embed_aligned(self, faces, batch_size=32):
+        faces = np.asarray(faces)
+        if len(faces) == 0:
+            return np.zeros((0, 512), np.float32)
+        return np.concatenate([embed_aligned(self.model, faces[i:i + batch_size]).numpy()
+                               for i in range(0, len(faces), batch_size)]).astype(np.float32)
+
+    def embed(self, frames, landmarks):
+        """One face per frame: frames uint8 RGB [H, W, 3] each, landmarks [N, 5, 2] in the frame."""
+        if len(frames) == 0:
+            return np.zeros((0, 512), np.float32)
+        return self.embed_aligned(aligned_faces(frames, landmarks))
