@@ -38,12 +38,13 @@ def resampler_tensors(g, dim=128, depth=2, heads=2, queries=16, emb=512, out=256
     return sd
 
 
-def lynx_tensors(variant="full", dim=256, layers=3, registers=2, token_dim=None, seed=7):
+def lynx_tensors(variant="full", dim=256, layers=3, registers=2, token_dim=None, seed=7, resampler=None):
     """Official-format tensors: full = every block, biases, registers, ref layers; lite = every second block, no
-    biases, tokens of width token_dim (2048 at 14B; 192 here by default), no ref layers."""
+    biases, tokens of width token_dim (2048 at 14B; 192 here by default), no ref layers. resampler: keyword
+    arguments of resampler_tensors (the official one: dim=1280, depth=4, heads=20)."""
     g = torch.Generator().manual_seed(seed)
     token_dim = token_dim or (dim if variant == "full" else 192)
-    resampler = resampler_tensors(g, out=token_dim)
+    resampler = resampler_tensors(g, out=token_dim, **(resampler or {}))
     n = layers if variant == "full" else len(range(0, layers, 2))
     ip = {}
     for i in range(n):

@@ -254,7 +254,7 @@ def test_bad_files_are_named_and_the_node_still_returns(node_module, models_dir)
 def test_a_failing_probe_or_an_old_comfyui_is_a_line_not_an_error(node_module, report_module, models_dir,
                                                                  monkeypatch):
     from importlib import import_module
-    patch = import_module(node_module.__name__.rsplit(".", 1)[0] + ".standin_patch")
+    patch = import_module(node_module.__name__.rsplit(".", 1)[0] + ".hooks")
 
     def old_host():
         raise RuntimeError("RestrictedAttnPatch needs ComfyUI 0.3.59 or newer (missing: diffusion-model wrappers); "
