@@ -276,6 +276,31 @@ def test_stacks_with_standin(base, lynx):
     assert rel_err(ya, only_lynx) > 1e-3
 
 
+def test_stacks_with_loras_and_slot_id_tokens(base, lynx):
+    """LoRAs under Lynx (a user's, or Slot-ID's cross-attention LoRA: both reach the model as ComfyUI weight
+    patches) and Slot-ID's extra identity tokens in the context: Lynx on the patched model equals Lynx on a model
+    whose weights were merged up front, so its adapters ride on the native (patched) projections."""
+    import comfy.sd
+    lynx_patch, checkpoint = lynx
+    g = torch.Generator().manual_seed(11)
+    deltas = {f"blocks.{i}.{attn}.{p}.weight": 0.05 * torch.randn(DIM, DIM, generator=g)
+              for i in range(LAYERS) for attn in ("self_attn", "cross_attn") for p in "qkv"}
+    user = base.clone()
+    user.add_patches({"diffusion_model." + k: (d,) for k, d in deltas.items()}, 1.0)
+    sd = tiny_wan.tiny_wan_state_dict(dim=DIM, layers=LAYERS, ffn=FFN, seed=3)
+    merged = comfy.sd.load_diffusion_model_state_dict({k: v + deltas.get(k, 0) for k, v in sd.items()},
+                                                      model_options={"dtype": torch.float32})
+    steps, emb, ref, ref_ctx = case(seed=12)
+    x, t, pos, _ = steps[0]
+    pos = pos.clone()
+    pos[:, 7:11] = torch.randn(1, 4, 4096, generator=g)  # identity tokens in front of the padding, as Slot-ID adds
+    w = weights_of(checkpoint, "full")
+    got = call(lynx_patch.apply_lynx(user, w, emb, ref, ref_ctx, 1.0, 1.0), x, t, pos)
+    expected = call(lynx_patch.apply_lynx(merged, w, emb, ref, ref_ctx, 1.0, 1.0), x, t, pos)
+    assert rel_err(got, expected) < 1e-5
+    assert rel_err(got, call(lynx_patch.apply_lynx(base, w, emb, ref, ref_ctx, 1.0, 1.0), x, t, pos)) > 1e-3
+
+
 # --- nodes -------------------------------------------------------------------------------------------------------
 
 def face_clip_of(n=2, seed=0):
