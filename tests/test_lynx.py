@@ -352,3 +352,27 @@ def test_loader_and_apply_nodes(tmp_path, base, lynx):
         nodes.WanIDLynxLoader.execute(lynx_name="nope", arcface_name=nodes.ARCFACE_FILE)
     with pytest.raises(FileNotFoundError, match="lynx_name: '../facexlib'"):
         nodes.WanIDLynxLoader.execute(lynx_name="../facexlib", arcface_name=nodes.ARCFACE_FILE)
+
+
+def test_shape_only_reading_checks_every_tensor_and_keeps_none(tmp_path, lynx):
+    """Setup Check reads a Lynx folder with keep=False: the same verdicts as the node's loader (a NaN anywhere is
+    refused), the same configuration, but meta tensors only (the official 14B files are several GB)."""
+    from safetensors.torch import save_file
+    _, checkpoint = lynx
+    folder = tmp_path / "lynx_full"
+    folder.mkdir()
+    resampler, ip, ref = lynx_files.lynx_tensors("full", dim=DIM, layers=LAYERS)
+    for name, sd in (("resampler", resampler), ("ip_layers", ip), ("ref_layers", ref)):
+        save_file(sd, str(folder / f"{name}.safetensors"))
+    full, light = checkpoint.load_lynx(str(folder)), checkpoint.load_lynx(str(folder), keep=False)
+    assert (light.variant, light.ip_layers, light.ref_layers, light.dim, light.resampler_config) == \
+        (full.variant, full.ip_layers, full.ref_layers, full.dim, full.resampler_config)
+    assert all(t.device.type == "meta" for t in (*light.ip.values(), *light.ref.values(), *light.resampler.values()))
+    ref = dict(ref)
+    last = sorted(ref)[-1]
+    ref[last] = ref[last].clone()
+    ref[last].view(-1)[-1] = float("nan")  # the last value of the last tensor
+    save_file(ref, str(folder / "ref_layers.safetensors"))
+    for keep in (True, False):
+        with pytest.raises(checkpoint.LynxFileError, match=f"{last} holds NaN"):
+            checkpoint.load_lynx(str(folder), keep=keep)

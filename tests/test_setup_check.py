@@ -198,8 +198,8 @@ def test_lynx_and_facexlib_files_are_read_by_the_loaders(node_module, report_mod
     checkpoint = importlib.import_module(report_module.__name__.rsplit(".", 1)[0] + ".lynx.checkpoint")
     real_load = checkpoint.load_lynx
 
-    def as_14b(path):
-        w = real_load(path)
+    def as_14b(path, **kw):
+        w = real_load(path, **kw)
         w.dim, w.ip_layers = 5120, 40 if w.variant == "full" else 20
         w.ref_layers = 40 if w.ref_layers else 0
         return w

@@ -453,7 +453,7 @@ def lynx_checks(host):
     out, good = [], False
     for name, path in sorted(found.items()):
         try:
-            w = load_lynx(path)
+            w = load_lynx(path, keep=False)  # every tensor checked, one at a time; only shapes kept
         except Exception as e:  # noqa: BLE001 - LynxFileError (or a reader error): name the folder
             out.append(Check(WARN, f"Lynx {name}: {_input_named(e, 'Lynx ' + os.path.basename(path))}", f"download {LYNX_DOWNLOAD} again into {folder}"))
             continue

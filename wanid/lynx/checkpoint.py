@@ -32,20 +32,42 @@ def _natural(key):
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", key)]
 
 
-def read(path, what):
-    """The tensors of one Lynx file (the pack's one reader: never unpickles), each checked finite."""
+def read(path, what, keep=True):
+    """The tensors of one Lynx file (the pack's one reader: never unpickles), each checked finite. keep=False
+    (Setup Check) checks every tensor the same way but keeps only its shape (a meta tensor), one tensor in memory
+    at a time: the official 14B files are several GB."""
     name = f"{os.path.basename(os.path.dirname(os.path.abspath(path)))}/{what}"
-    sd = read_tensor_file(path, "lynx_name: Lynx file", "Download it again from ByteDance/lynx.", error=LynxFileError)
-    if not isinstance(sd, dict) or not sd:
-        raise LynxFileError(f"lynx_name: Lynx file {name} holds no tensors. Download it again from ByteDance/lynx.")
-    for key in sorted(sd, key=_natural):
-        value = sd[key]
+    tensors = None if keep else _stream(path)
+    if tensors is None:
+        sd = read_tensor_file(path, "lynx_name: Lynx file", "Download it again from ByteDance/lynx.",
+                              error=LynxFileError)
+        if not isinstance(sd, dict):
+            sd = {}
+        tensors = ((k, sd[k]) for k in sorted(sd, key=_natural))
+    out = {}
+    for key, value in tensors:
         if not isinstance(value, torch.Tensor):
             raise LynxFileError(f"lynx_name: Lynx file {name}: {key} is not a tensor.")
         if value.is_floating_point() and not torch.isfinite(value).all():
             raise LynxFileError(f"lynx_name: Lynx file {name}: {key} holds NaN or inf values; the file is damaged. "
                                 "Download it again.")
-    return {k: v.float() for k, v in sd.items()}
+        out[key] = value.float() if keep else torch.empty(value.shape, device="meta")
+    if not out:
+        raise LynxFileError(f"lynx_name: Lynx file {name} holds no tensors. Download it again from ByteDance/lynx.")
+    return out
+
+
+def _stream(path):
+    """(key, tensor) of a readable .safetensors file one at a time, or None (the one reader then words why not)."""
+    if not str(path).endswith(".safetensors") or os.path.getsize(path) == 0:
+        return None
+    from safetensors import safe_open
+    try:
+        f = safe_open(path, framework="pt", device="cpu")
+        keys = sorted(f.keys(), key=_natural)
+    except Exception:  # noqa: BLE001 - damaged header: read_tensor_file says so in the pack's words
+        return None
+    return ((k, f.get_tensor(k)) for k in keys)
 
 
 @dataclass
@@ -171,8 +193,8 @@ def parse(resampler, ip, ref=None, source="<memory>"):
     return LynxWeights(resampler, ip, ref, source, variant, layers, ref_layers, registers, token_dim, dim, cfg)
 
 
-def load_lynx(folder):
-    """LynxWeights of a folder holding the official files."""
+def load_lynx(folder, keep=True):
+    """LynxWeights of a folder holding the official files (keep=False: checked in full, shapes kept; see read)."""
     source = os.path.basename(os.path.normpath(folder))
     if not os.path.isdir(folder):
         raise LynxFileError(f"lynx_name: {folder} is not a folder; put lynx_full/ or lynx_lite/ in models/lynx.")
@@ -182,8 +204,8 @@ def load_lynx(folder):
             raise LynxFileError(f"lynx_name: {source} has no {f}. A Lynx folder holds resampler.safetensors and "
                                 "ip_layers.safetensors (and ref_layers.safetensors for lynx_full), as downloaded "
                                 "from ByteDance/lynx.")
-    ref = read(paths[FILES[2]], FILES[2]) if os.path.isfile(paths[FILES[2]]) else None
-    return parse(read(paths[FILES[0]], FILES[0]), read(paths[FILES[1]], FILES[1]), ref, source)
+    ref = read(paths[FILES[2]], FILES[2], keep) if os.path.isfile(paths[FILES[2]]) else None
+    return parse(read(paths[FILES[0]], FILES[0], keep), read(paths[FILES[1]], FILES[1], keep), ref, source)
 
 
 # --- the adapters as one module (the side model the host loads and offloads) --------------------------------------
