@@ -376,3 +376,31 @@ def test_shape_only_reading_checks_every_tensor_and_keeps_none(tmp_path, lynx):
     for keep in (True, False):
         with pytest.raises(checkpoint.LynxFileError, match=f"{last} holds NaN"):
             checkpoint.load_lynx(str(folder), keep=keep)
+
+
+def test_bf16_files_stay_bf16_and_follow_fp32(tmp_path, base, lynx):
+    """The official 14B adapters are about 4B parameters: kept as stored (bf16), in the loaded weights and in the
+    side model, not widened to fp32; the result follows the fp32 files."""
+    from safetensors.torch import save_file
+    lynx_patch, checkpoint = lynx
+    resampler, ip, ref = lynx_files.lynx_tensors("full", dim=DIM, layers=LAYERS)
+    folders = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        folder = tmp_path / str(dtype).split(".")[-1]
+        folder.mkdir()
+        for name, sd in (("resampler", resampler), ("ip_layers", ip), ("ref_layers", ref)):
+            save_file({k: v.to(dtype) for k, v in sd.items()}, str(folder / f"{name}.safetensors"))
+        folders[dtype] = checkpoint.load_lynx(str(folder))
+    w16 = folders[torch.bfloat16]
+    assert w16.dtype == torch.bfloat16 and all(v.dtype == torch.bfloat16 for v in (*w16.ip.values(),
+                                                                                  *w16.ref.values()))
+    assert all(v.dtype == torch.float32 for v in w16.resampler.values())  # small, runs on the fp32 embedding
+    steps, emb, ref_lat, ref_ctx = case(seed=13)
+    x, t, pos, _ = steps[0]
+    patched = lynx_patch.apply_lynx(base, w16, emb, ref_lat, ref_ctx, 1.0, 1.0)
+    side = patched.get_additional_models_with_key(lynx_patch.KEY)[0].model
+    assert side.ip[0].to_k_ip.weight.dtype == torch.bfloat16 and side.ref[0].to_v_ref.weight.dtype == torch.bfloat16
+    got = call(patched, x, t, pos)
+    expected = call(lynx_patch.apply_lynx(base, folders[torch.float32], emb, ref_lat, ref_ctx, 1.0, 1.0), x, t, pos)
+    unpatched = call(base, x, t, pos)
+    assert rel_err(got, expected) < 0.1 * rel_err(unpatched, expected)

@@ -32,8 +32,9 @@ def _natural(key):
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", key)]
 
 
-def read(path, what, keep=True):
-    """The tensors of one Lynx file (the pack's one reader: never unpickles), each checked finite. keep=False
+def read(path, what, keep=True, dtype=None):
+    """The tensors of one Lynx file (the pack's one reader: never unpickles), each checked finite; floating ones
+    converted to `dtype` (None: kept as stored, so the 14B ID/Ref layers stay bf16 in memory). keep=False
     (Setup Check) checks every tensor the same way but keeps only its shape (a meta tensor), one tensor in memory
     at a time: the official 14B files are several GB."""
     name = f"{os.path.basename(os.path.dirname(os.path.abspath(path)))}/{what}"
@@ -51,7 +52,9 @@ def read(path, what, keep=True):
         if value.is_floating_point() and not torch.isfinite(value).all():
             raise LynxFileError(f"lynx_name: Lynx file {name}: {key} holds NaN or inf values; the file is damaged. "
                                 "Download it again.")
-        out[key] = value.float() if keep else torch.empty(value.shape, device="meta")
+        if not keep:
+            value = torch.empty(value.shape, dtype=value.dtype, device="meta")
+        out[key] = value.to(dtype) if dtype is not None and value.is_floating_point() else value
     if not out:
         raise LynxFileError(f"lynx_name: Lynx file {name} holds no tensors. Download it again from ByteDance/lynx.")
     return out
@@ -84,6 +87,11 @@ class LynxWeights:
     token_dim: int = 0      # width of the resampler's tokens (= to_k_ip's input)
     dim: int = 0            # the Wan model width the adapters project to
     resampler_config: dict = field(default_factory=dict)
+
+    @property
+    def dtype(self):
+        """The adapters' storage dtype (the ID layers' as stored in the file); their layers are built in it."""
+        return self.ip["0.to_k_ip.weight"].dtype
 
     def ip_blocks(self, num_blocks):
         """The Wan blocks whose cross-attention has an ID adapter, in file order."""
@@ -205,24 +213,27 @@ def load_lynx(folder, keep=True):
                                 "ip_layers.safetensors (and ref_layers.safetensors for lynx_full), as downloaded "
                                 "from ByteDance/lynx.")
     ref = read(paths[FILES[2]], FILES[2], keep) if os.path.isfile(paths[FILES[2]]) else None
-    return parse(read(paths[FILES[0]], FILES[0], keep), read(paths[FILES[1]], FILES[1], keep), ref, source)
+    # the resampler is small and runs on the fp32 embedding: fp32; the adapters keep the file's dtype
+    resampler = read(paths[FILES[0]], FILES[0], keep, dtype=torch.float32)
+    return parse(resampler, read(paths[FILES[1]], FILES[1], keep), ref, source)
 
 
 # --- the adapters as one module (the side model the host loads and offloads) --------------------------------------
 
 class IPLayer(nn.Module):
-    def __init__(self, token_dim, dim, bias, registers, operations=nn, device=None):
+    def __init__(self, token_dim, dim, bias, registers, operations=nn, device=None, dtype=None):
         super().__init__()
-        self.to_k_ip = operations.Linear(token_dim, dim, bias=bias, device=device)
-        self.to_v_ip = operations.Linear(token_dim, dim, bias=bias, device=device)
-        self.registers = nn.Parameter(torch.zeros(1, registers, token_dim, device=device)) if registers else None
+        self.to_k_ip = operations.Linear(token_dim, dim, bias=bias, device=device, dtype=dtype)
+        self.to_v_ip = operations.Linear(token_dim, dim, bias=bias, device=device, dtype=dtype)
+        self.registers = nn.Parameter(torch.zeros(1, registers, token_dim, device=device, dtype=dtype)) \
+            if registers else None
 
 
 class RefLayer(nn.Module):
-    def __init__(self, dim, operations=nn, device=None):
+    def __init__(self, dim, operations=nn, device=None, dtype=None):
         super().__init__()
-        self.to_k_ref = operations.Linear(dim, dim, device=device)
-        self.to_v_ref = operations.Linear(dim, dim, device=device)
+        self.to_k_ref = operations.Linear(dim, dim, device=device, dtype=dtype)
+        self.to_v_ref = operations.Linear(dim, dim, device=device, dtype=dtype)
 
 
 class LynxAdapters(nn.Module):
@@ -232,9 +243,10 @@ class LynxAdapters(nn.Module):
         super().__init__()
         self.variant = weights.variant
         self.resampler = Resampler(**weights.resampler_config, operations=operations, device=device)
+        dtype = weights.dtype  # as stored: the official 14B adapters are about 4B parameters
         self.ip = nn.ModuleList(IPLayer(weights.token_dim, weights.dim, weights.variant == "full", weights.registers,
-                                        operations, device) for _ in range(weights.ip_layers))
-        self.ref = nn.ModuleList(RefLayer(weights.dim, operations, device) for _ in range(weights.ref_layers))
+                                        operations, device, dtype) for _ in range(weights.ip_layers))
+        self.ref = nn.ModuleList(RefLayer(weights.dim, operations, device, dtype) for _ in range(weights.ref_layers))
 
     @staticmethod
     def state_dict_of(weights):
