@@ -14,8 +14,8 @@ import sys
 
 import torch
 
-from common import WAN_SIZES as SIZES, build_wan, machine  # noqa: E402
-from bench_standin import peak_gib, prepared_call, timed  # noqa: E402
+from common import (WAN_SIZES as SIZES, build_wan, free_models, machine, peak_gib, prepared_call,  # noqa: E402
+                    step_inputs, timed)
 
 OFFICIAL_RESAMPLER = dict(dim=1280, depth=4, heads=20)  # ByteDance/lynx resampler.safetensors
 REF_LATENT = (32, 32)  # the 256x256 reference crop through the Wan VAE (8x)
@@ -75,10 +75,7 @@ def main():
         patcher = build_wan(size, device, dtype)
         dim, _, layers = SIZES[size]
         from wanid_pack.nodes.lynx_patch import apply_lynx
-        g = torch.Generator(device=device).manual_seed(2)
-        x = torch.randn(2, 16, *lat, generator=g, device=device, dtype=dtype)  # positive + negative batched
-        t = torch.full((2,), 500.0, device=device)
-        ctx = torch.randn(2, 512, 4096, generator=g, device=device, dtype=dtype)
+        x, t, ctx, _ = step_inputs(lat, device, dtype)
         emb = torch.nn.functional.normalize(torch.randn(512), dim=0)
         ref = tuple(torch.randn(1, 16, 1, *REF_LATENT) for _ in range(2))
         ref_ctx = torch.zeros(1, 512, 4096)
@@ -100,9 +97,7 @@ def main():
         rows.append((size, dim, layers, f"{lat[0]}x{lat[1]}x{lat[2]}", step,
                      {k: sum(v) for k, v in builds.items()}, peak))
         del calls, patcher
-        import comfy.model_management
-        comfy.model_management.unload_all_models()
-        comfy.model_management.soft_empty_cache()
+        free_models()
 
     print(f"Lynx overhead on {machine()} ({str(dtype).replace('torch.', '')}, batch 2 = cond + uncond, reference "
           f"latent {REF_LATENT[0]}x{REF_LATENT[1]}, median of {args.steps} interleaved steps)\n")

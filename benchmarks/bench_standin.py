@@ -8,12 +8,11 @@ Needs ComfyUI (COMFYUI_PATH or ~/ComfyUI). Prints a markdown table naming the ma
 """
 import argparse
 import statistics
-import time
 
 import torch
 
-from common import WAN_SIZES as SIZES, build_wan, machine  # noqa: E402
-from tiny_wan import sampler_options  # noqa: E402
+from common import (WAN_SIZES as SIZES, build_wan, free_models, machine, peak_gib, prepared_call,  # noqa: E402
+                    step_inputs, timed)
 
 
 def standin_weights(dim, layers, rank=128):
@@ -23,31 +22,6 @@ def standin_weights(dim, layers, rank=128):
           torch.randn((rank, dim) if part == "down" else (dim, rank), generator=g) * 0.01
           for i in range(layers) for p in "qkv" for part in ("down", "up")}
     return parse_state_dict(sd, "random")
-
-
-def prepared_call(patcher):
-    """A function making one diffusion-model call the way a sampler does (models loaded, hooks in options)."""
-    import comfy.model_management
-    import comfy.patcher_extension
-    comfy.model_management.load_models_gpu([patcher] + patcher.get_nested_additional_models())
-    options = sampler_options(patcher)
-    for cb in patcher.get_all_callbacks(comfy.patcher_extension.CallbacksMP.ON_PRE_RUN):
-        cb(patcher)  # a new run: the first call builds the reference K/V
-
-    def run(x, t, ctx):
-        with torch.no_grad():
-            return patcher.model.diffusion_model(x, t, ctx, transformer_options=options)
-    return run
-
-
-def timed(fn, device):
-    if device == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    fn()
-    if device == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - start
 
 
 def time_reference_builds(patched, device):
@@ -68,14 +42,6 @@ def time_reference_builds(patched, device):
     return spent
 
 
-def peak_gib(fn, device):
-    if device != "cuda":
-        return float("nan")
-    torch.cuda.reset_peak_memory_stats()
-    fn()
-    return torch.cuda.max_memory_allocated() / 2**30
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", nargs="+", default=["tiny", "small"], choices=list(SIZES))
@@ -93,10 +59,7 @@ def main():
         patcher = build_wan(size, device, dtype)
         dim, _, layers = SIZES[size]
         from wanid_pack.nodes.standin_patch import apply_standin
-        g = torch.Generator(device=device).manual_seed(2)
-        x = torch.randn(2, 16, *lat, generator=g, device=device, dtype=dtype)  # positive + negative batched
-        t = torch.full((2,), 500.0, device=device)
-        ctx = torch.randn(2, 512, 4096, generator=g, device=device, dtype=dtype)
+        x, t, ctx, g = step_inputs(lat, device, dtype)
         ref = torch.randn(1, 16, 1, 64, 64, generator=g, device=device)
         patched = apply_standin(patcher, standin_weights(dim, layers), ref, 1.0)
         base, with_ref = prepared_call(patcher), prepared_call(patched)
@@ -112,9 +75,7 @@ def main():
         base_step, step = statistics.median(base_times), statistics.median(times)
         rows.append((size, f"{lat[0]}x{lat[1]}x{lat[2]}", base_step, step, precompute, base_peak, peak))
         del patched, patcher
-        import comfy.model_management
-        comfy.model_management.unload_all_models()
-        comfy.model_management.soft_empty_cache()
+        free_models()
 
     print(f"Stand-In overhead on {machine()} ({str(dtype).replace('torch.', '')}, batch 2 = cond + uncond)\n")
     print("| model | latent TxHxW | step unpatched (s) | step patched (s) | overhead | precompute (s) "

@@ -2,12 +2,15 @@
 import os
 import platform
 import sys
+import time
 from pathlib import Path
 
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "tests"), str(REPO)]
+
+from tiny_wan import sampler_options  # noqa: E402
 
 WAN_SIZES = {  # name: (dim, ffn, layers)
     "tiny": (128, 256, 2),
@@ -48,3 +51,52 @@ def build_wan(size, device, dtype):
     patcher = comfy.sd.load_diffusion_model_state_dict(sd, model_options={"dtype": dtype})
     del sd
     return patcher
+
+
+def prepared_call(patcher):
+    """A function making one diffusion-model call the way a sampler does (models loaded, hooks in options)."""
+    import comfy.model_management
+    import comfy.patcher_extension
+    comfy.model_management.load_models_gpu([patcher] + patcher.get_nested_additional_models())
+    options = sampler_options(patcher)
+    for cb in patcher.get_all_callbacks(comfy.patcher_extension.CallbacksMP.ON_PRE_RUN):
+        cb(patcher)  # a new run: the first call builds the reference K/V
+
+    def run(x, t, ctx):
+        with torch.no_grad():
+            return patcher.model.diffusion_model(x, t, ctx, transformer_options=options)
+    return run
+
+
+def timed(fn, device):
+    if device == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    fn()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def peak_gib(fn, device):
+    if device != "cuda":
+        return float("nan")
+    torch.cuda.reset_peak_memory_stats()
+    fn()
+    return torch.cuda.max_memory_allocated() / 2**30
+
+
+def step_inputs(lat, device, dtype):
+    """One sampler step's inputs at latent grid `lat` (T, H, W): x, t and text context, positive + negative batched."""
+    g = torch.Generator(device=device).manual_seed(2)
+    x = torch.randn(2, 16, *lat, generator=g, device=device, dtype=dtype)
+    t = torch.full((2,), 500.0, device=device)
+    ctx = torch.randn(2, 512, 4096, generator=g, device=device, dtype=dtype)
+    return x, t, ctx, g
+
+
+def free_models():
+    """Between two model sizes: ComfyUI unloads and empties its cache as it does between prompts."""
+    import comfy.model_management
+    comfy.model_management.unload_all_models()
+    comfy.model_management.soft_empty_cache()

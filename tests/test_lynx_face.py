@@ -1,4 +1,4 @@
-"""Lynx's reference images from the pack (wanid/lynx/face.py: the Ref adapter's 256 crop; wanid/face/align.py: the
+"""Lynx's reference images from the pack (wanid/face/lynx_crop.py: the Ref adapter's 256 crop; wanid/face/align.py: the
 112 ArcFace alignment) against the OFFICIAL `align_face` (modules/common/face_utils.py of github.com/bytedance/lynx),
 run in the oracle's own process (scripts/lynx_oracle_env.py; skipped with the reason when it is not set up).
 Real faces (carphone, landmarks from the bundled RetinaFace) and synthetic landmark sets: rotated, small, large,
@@ -10,7 +10,7 @@ import pytest
 
 import lynx_files
 from wanid.face.align import ARCFACE_TEMPLATE, norm_crop
-from wanid.lynx.face import lynx_reference_crop
+from wanid.face.lynx_crop import lynx_reference_crop
 
 SCRIPT = r"""
 import sys

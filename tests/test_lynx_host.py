@@ -95,14 +95,7 @@ def test_dynamic_vram_side_model_assigns_weights_and_matches(lynx, monkeypatch):
 
 @pytest.fixture(scope="module")
 def file_base(tmp_path_factory, comfy_pack):
-    """The tiny model loaded from a file by the loader UNETLoader uses, so it can be re-made per device."""
-    import comfy.model_patcher
-    import comfy.sd
-    if not hasattr(comfy.model_patcher.ModelPatcher, "deepclone_multigpu"):
-        pytest.skip("this ComfyUI has no native multi-GPU (ModelPatcher.deepclone_multigpu)")
-    path = tiny_wan.write_tiny_wan(tmp_path_factory.mktemp("lynx_mgpu") / "tiny.safetensors", dim=DIM,
-                                   layers=LAYERS, ffn=FFN, seed=3)
-    return comfy.sd.load_diffusion_model(str(path), model_options={"dtype": torch.float32})
+    return tiny_wan.load_tiny_wan_file(tmp_path_factory.mktemp("lynx_mgpu"), dim=DIM, layers=LAYERS, ffn=FFN, seed=3)
 
 
 def test_multigpu_deepclone_gets_its_own_patch_and_adapters(file_base, lynx):

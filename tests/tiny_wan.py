@@ -18,6 +18,7 @@ that activations stay O(1) through the blocks.
 import math
 from pathlib import Path
 
+import pytest
 import torch
 
 # UNETLoader's weight_dtype choices -> model_options["dtype"] (nodes.py UNETLoader.load_unet)
@@ -105,14 +106,33 @@ def tiny_wan_state_dict(dim=128, ffn=256, layers=2, in_dim=16, out_dim=16, text_
     return sd
 
 
-def write_tiny_wan(path, **kw):
-    """Save tiny_wan_state_dict(**kw) as .safetensors at `path` (parents created); returns the Path."""
+def _save(path, sd):
     from safetensors.torch import save_file
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(tiny_wan_state_dict(**kw), str(path))
+    save_file(sd, str(path))
     return path
+
+
+def write_tiny_wan(path, **kw):
+    """Save tiny_wan_state_dict(**kw) as .safetensors at `path` (parents created); returns the Path."""
+    return _save(path, tiny_wan_state_dict(**kw))
+
+
+def load_tiny_wan_file(folder, **kw):
+    """The tiny model written to `folder` and loaded by UNETLoader's own loader (comfy.sd.load_diffusion_model,
+    fp32), so it carries the cached_patcher_init native multi-GPU re-makes it with; skips where the running
+    ComfyUI has no native multi-GPU (the only reason to prefer this over load_tiny_wan_patcher)."""
+    import wanid_testing
+
+    wanid_testing.import_comfy()
+    import comfy.model_patcher
+    import comfy.sd
+    if not hasattr(comfy.model_patcher.ModelPatcher, "deepclone_multigpu"):
+        pytest.skip("this ComfyUI has no native multi-GPU (ModelPatcher.deepclone_multigpu)")
+    path = write_tiny_wan(Path(folder) / "tiny.safetensors", **kw)
+    return comfy.sd.load_diffusion_model(str(path), model_options={"dtype": torch.float32})
 
 
 def load_tiny_wan_patcher(weight_dtype=None, **kw):
@@ -199,9 +219,4 @@ def wan21_vae_state_dict(seed=0, dtype=torch.float32):
 
 def write_wan21_vae(path, **kw):
     """Save wan21_vae_state_dict(**kw) as .safetensors at `path` (parents created); returns the Path."""
-    from safetensors.torch import save_file
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(wan21_vae_state_dict(**kw), str(path))
-    return path
+    return _save(path, wan21_vae_state_dict(**kw))

@@ -23,7 +23,7 @@ class FaceClip:
     aligned:    [T, 112, 112, 3] float in [0, 1], insightface's 5-point alignment from the source frame (what
                 ArcFace models see; Lynx's IR-SE50 embeds it), zeros for frames without a face; or None
     lynx_crops: [T, 256, 256, 3] float in [0, 1], Lynx's Ref-adapter reference (the extended-template alignment at
-                256 from the source frame, wanid.lynx.face), zeros for frames without a face; or None
+                256 from the source frame, wanid.face.lynx_crop), zeros for frames without a face; or None
     """
     crops: torch.Tensor
     masks: torch.Tensor

@@ -11,7 +11,9 @@ from ..errors import WanIDError
 from ..face_clip import FaceClip
 from .anchor import anchor_scores
 from .crop import CROP_SIZE, apply_crop, crop_window
+from .align import norm_crop
 from .detect import DETECTION_LADDER, Detections, detect_with_ladder
+from .lynx_crop import LYNX_REF_SIZE, lynx_reference_crop
 
 FACE_CHOICES = ("largest", "index", "most_similar")
 SMALL_FACE_PX = 64  # a face box side below this is upscaled more than 5x into the 512 crop: warn
@@ -236,10 +238,24 @@ def process_clip(frames, detector, *, embedder=None, parser=None, label_set="off
         report.parser = f"none: fallback '{fallback}' (put parsing_bisenet.pth in models/face_parsing)"
         tick(t)
 
+    # Aligned once from the source frame: the 112 ArcFace input (embeddings here, Lynx's ID embedding later) and
+    # Lynx's 256 reference, not from the 1.5x crop, whose edge would cut the extended template.
+    aligned = np.zeros((n, 112, 112, 3), np.uint8)
+    lynx_crops = np.zeros((n, LYNX_REF_SIZE, LYNX_REF_SIZE, 3), np.float32)
+    for j, i in enumerate(keep):
+        if valid[j]:
+            aligned[j] = norm_crop(u8[i], lm_frame[j], 112)[0]
+            lynx_crops[j] = lynx_reference_crop(u8[i], lm_frame[j]) / 255.0
+
     emb = None
     if with_embed:
         todo = [j for j, i in enumerate(keep) if valid[j] and embeds[i] is None]
-        fresh = embedder.embed([u8[keep[j]] for j in todo], lm_frame[todo]) if todo else None
+        if not todo:
+            fresh = None
+        elif embedder.input_size == 112:
+            fresh = embedder.embed_aligned(aligned[todo])
+        else:
+            fresh = embedder.embed([u8[keep[j]] for j in todo], lm_frame[todo])
         dim = fresh.shape[1] if fresh is not None else \
             next((e.shape[0] for e in embeds if e is not None), 512)
         emb = np.zeros((n, dim), np.float32)
@@ -254,19 +270,8 @@ def process_clip(frames, detector, *, embedder=None, parser=None, label_set="off
     anchor = int(np.argmax(total)) if valid.any() else 0
     report.anchor_total, report.anchor_frontality, report.anchor_sharpness = total, front, sharp
 
-    # Lynx aligns from the source frame (its 112 ArcFace input and its 256 reference), not from the 1.5x crop,
-    # whose edge would cut the extended template.
-    from ..lynx.face import LYNX_REF_SIZE, lynx_reference_crop
-    from .align import norm_crop
-    aligned = np.zeros((n, 112, 112, 3), np.float32)
-    lynx_crops = np.zeros((n, LYNX_REF_SIZE, LYNX_REF_SIZE, 3), np.float32)
-    for j, i in enumerate(keep):
-        if valid[j]:
-            aligned[j] = norm_crop(u8[i], lm_frame[j], 112)[0] / 255.0
-            lynx_crops[j] = lynx_reference_crop(u8[i], lm_frame[j]) / 255.0
-
     clip = FaceClip(
-        aligned=torch.from_numpy(aligned), lynx_crops=torch.from_numpy(lynx_crops),
+        aligned=torch.from_numpy(aligned.astype(np.float32) / 255.0), lynx_crops=torch.from_numpy(lynx_crops),
         crops=white.float().contiguous(), masks=mask.float().contiguous(), landmarks=torch.from_numpy(lm_crop),
         boxes=torch.from_numpy(boxes), scores=torch.from_numpy(scores), times=times[keep].clone(),
         valid=torch.from_numpy(valid), embeddings=None if emb is None else torch.from_numpy(emb),

@@ -120,7 +120,7 @@ def to_input(aligned):
 
 
 @torch.no_grad()
-def embed_aligned(model, aligned, device="cpu"):
+def embed_aligned(model, aligned):
     """Unit-length [N, 512] float32 embeddings of aligned uint8 RGB faces."""
     p = next(model.parameters())
     return model(to_input(aligned).to(device=p.device, dtype=p.dtype)).float().cpu()
@@ -132,6 +132,7 @@ class IRSE50Embedder:
     prefers_aligned: a FACE_CLIP reference is embedded from its `aligned` faces (the source-frame alignment Lynx
     Apply embeds), not re-aligned from the crops."""
     prefers_aligned = True
+    input_size = 112
 
     def __init__(self, model, name="recognition_arcface_ir_se50.pth"):
         self.model = model

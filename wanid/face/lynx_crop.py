@@ -5,7 +5,7 @@ scaled by 256/128 and shifted right by 16 px, as insightface's 128-based rule do
 import cv2
 import numpy as np
 
-from ..face.align import ARCFACE_TEMPLATE, umeyama
+from .align import ARCFACE_TEMPLATE, umeyama
 
 LYNX_REF_SIZE = 256
 
