@@ -9,6 +9,7 @@ import folder_paths
 from .v3 import io, ui
 
 from ..wanid.face import parsing
+from ..wanid.face.names import AUTO_PARSER, NO_PARSER, PARSER_FILE
 from ..wanid.face.onnx_session import PROVIDER_CHOICES
 from ..wanid.face.tools import load_face_tools
 from ..wanid.face.pipeline import (FACE_CHOICES, NO_FACE_POLICIES, contact_sheet, process_clip,
@@ -18,20 +19,23 @@ from .cache import LoadedCache
 from .types import FaceClipType, FrameTimes
 
 DETECTORS = ("auto", "antelopev2", "buffalo_l", "retinaface_mobilenet")
-NO_PARSER = "none (fallback)"
-AUTO_PARSER = "auto"  # parsing_bisenet.pth (else another file) when installed, else none: workflows run either way
 
 # (kind, path or name, provider/device) -> detector, ArcFace session or parser
 _cache = LoadedCache(6)
 cached = _cache.get
 
 
-def _parser_files():
+def _installed_parsers():
+    """Parser files in models/face_parsing, facexlib's parsing_bisenet.pth first."""
     if "face_parsing" not in folder_paths.folder_names_and_paths:
         paths.register_model_folders()
     files = folder_paths.get_filename_list("face_parsing")
-    preferred = [f for f in files if os.path.basename(f) == "parsing_bisenet.pth"]
-    return [AUTO_PARSER] + preferred + [f for f in files if f not in preferred] + [NO_PARSER]
+    preferred = [f for f in files if os.path.basename(f) == PARSER_FILE]
+    return preferred + [f for f in files if f not in preferred]
+
+
+def _parser_files():
+    return [AUTO_PARSER] + _installed_parsers() + [NO_PARSER]
 
 
 def detector_and_embedder(kind, provider):
@@ -65,7 +69,7 @@ def _pack_stamp(root, kind):
 
 def _parser(name):
     if name == AUTO_PARSER:
-        installed = _parser_files()[1:-1]
+        installed = _installed_parsers()
         if not installed:
             return None  # the info line says the fallback was used and where BiSeNet goes
         name = installed[0]
@@ -74,7 +78,7 @@ def _parser(name):
     path = folder_paths.get_full_path("face_parsing", name)
     if path is None:
         raise FileNotFoundError(f"parser_model: {name!r} is not in models/face_parsing; put facexlib's "
-                                f"parsing_bisenet.pth in {paths.model_dir('face_parsing')} and refresh, "
+                                f"{PARSER_FILE} in {paths.model_dir('face_parsing')} and refresh, "
                                 f"or pick '{NO_PARSER}'.")
     device = comfy.model_management.get_torch_device()
     stat = os.stat(path)

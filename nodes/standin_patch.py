@@ -13,6 +13,7 @@
   devices never share run state.
 The shared model is never touched: all of this sits on a clone of the ModelPatcher.
 """
+import functools
 import inspect
 import logging
 
@@ -73,7 +74,7 @@ class StandInPatch:
         args = list(args)
         x = args[0]
         options = args[5] if len(args) > 5 else kwargs.get("transformer_options", {})
-        self._prepare(model, x, options.get("rope_options") if _reads_rope_options(model) else None)
+        self._prepare(model, x, options.get("rope_options") if _reads_rope_options(type(model)) else None)
         if len(args) > 5:
             args[5] = {**options, KEY: self}
         else:
@@ -143,9 +144,11 @@ class StandInPatch:
         return replace
 
 
-def _reads_rope_options(model):
-    """Whether this host's Wan places the video by transformer_options["rope_options"] (ScaleROPE, 0.3x)."""
-    return "transformer_options" in inspect.signature(model.rope_encode).parameters
+@functools.cache
+def _reads_rope_options(model_class):
+    """Whether this host's Wan class places the video by transformer_options["rope_options"] (ScaleROPE, 0.3x);
+    fixed per class, so asked once rather than on every model call."""
+    return "transformer_options" in inspect.signature(model_class.rope_encode).parameters
 
 
 def apply_rope(x, freqs):

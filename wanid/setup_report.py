@@ -14,6 +14,8 @@ import os
 import re
 from dataclasses import dataclass, field
 
+from .errors import describe, first_line
+from .face.names import PARSER_FILE
 from .face.onnx_session import ACCELERATORS
 from .host_versions import MIN_SUPPORTED, classify
 
@@ -25,7 +27,6 @@ ORT_DISTRIBUTIONS = ("onnxruntime", "onnxruntime-gpu", "onnxruntime-directml", "
 ORT_REINSTALL = "pip uninstall onnxruntime onnxruntime-gpu, then pip install onnxruntime-gpu"
 STANDIN_DOWNLOAD = ("Stand-In_wan2.1_T2V_14B.ckpt (Wan 2.2: Stand-In_wan2.2_T2V_A14B_high.ckpt + _low.ckpt) "
                     "from WeChatCV/Stand-In")
-PARSER_FILE = "parsing_bisenet.pth"
 
 
 @dataclass
@@ -75,15 +76,10 @@ def guarded(checks, what, probe, *args):
     try:
         out = probe(*args)
     except Exception as e:  # noqa: BLE001 - the report must come back whatever happens
-        out = [Check(WARN, f"{what}: the check itself failed ({type(e).__name__}: {_first_line(e)})",
+        out = [Check(WARN, f"{what}: the check itself failed ({describe(e, 300)})",
                      "report this line to the pack's issue tracker")]
     checks.extend(out)
     return out
-
-
-def _first_line(e, limit=300):
-    text = str(e).strip().splitlines()
-    return text[0][:limit] if text else ""
 
 
 def _size(path):
@@ -236,7 +232,7 @@ def module_check(module, dist, purpose, fix):
     try:
         m = importlib.import_module(module)
     except Exception as e:  # noqa: BLE001 - a broken install raises more than ImportError
-        return [Check(MISSING, f"{dist} ({purpose}): import {module} failed ({type(e).__name__}: {_first_line(e)})",
+        return [Check(MISSING, f"{dist} ({purpose}): import {module} failed ({describe(e, 300)})",
                       fix)]
     version = getattr(m, "__version__", None) or installed(dist) or "?"
     return [Check(OK, f"{dist} {version} ({purpose})")]
@@ -428,7 +424,7 @@ def insightface_checks(host):
 def _input_named(e, *names):
     """The loader's message without the node input and the file it names first ('lynx_name: ...',
     'Lynx lynx_full: ...'): the report's line names the file already."""
-    msg = re.sub(r"^(lynx_name|arcface_name):\s*", "", _first_line(e))
+    msg = re.sub(r"^(lynx_name|arcface_name):\s*", "", first_line(e, 300))
     for name in names:
         msg = msg[len(name) + 2:] if msg.startswith(name + ": ") else msg
     return msg
@@ -522,7 +518,7 @@ def build_report(host, test_providers=True):
         try:
             checks, *flags = probe(host)
         except Exception as e:  # noqa: BLE001
-            checks, flags = [Check(WARN, f"{what}: the check itself failed ({type(e).__name__}: {_first_line(e)})",
+            checks, flags = [Check(WARN, f"{what}: the check itself failed ({describe(e, 300)})",
                                    "report this line to the pack's issue tracker")], [False] * nflags
         models.extend(checks)
         state[key] = flags

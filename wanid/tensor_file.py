@@ -1,5 +1,6 @@
 """Reading tensor files without executing pickled code."""
 import os
+import re
 
 import torch
 
@@ -42,3 +43,8 @@ def read_tensor_file(path, what, fix, error=ValueError, mmap=False):
     except Exception as e:  # truncated zip, wrong format, or a pickle that wants to run code
         from .errors import describe
         raise error(f"{what} {name} is {load_error_kind(e)} ({describe(e)}). {fix}") from e
+
+
+def natural_key(key):
+    """Sort key ordering state-dict keys as people read them: blocks.2 before blocks.10."""
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", key)]

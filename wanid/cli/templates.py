@@ -8,7 +8,7 @@ workflows/<name>.json      UI workflows: ComfyUI's template browser lists these 
 workflows/api/<name>.json  their API-format twins, for POST /prompt and `python -m wanid queue`.
 The API graphs below are the source; the UI twins are generated from them with the server's node schemas
 (workflow.api_to_ui), so the two cannot drift. Node ids are the same in both: `--set 12.steps=30` names the
-node the editor shows as #11.
+node the editor shows as #12.
 """
 import argparse
 import json
@@ -16,6 +16,7 @@ import os
 import sys
 from pathlib import Path
 
+from ..face.names import AUTO_PARSER, PARSER_FILE as BISENET
 from . import workflow as wf
 
 REPO = Path(__file__).resolve().parents[2]
@@ -32,13 +33,11 @@ STANDIN_21 = "Stand-In_wan2.1_T2V_14B.ckpt"
 STANDIN_22_HIGH = "Stand-In_wan2.2_T2V_A14B_high.ckpt"
 STANDIN_22_LOW = "Stand-In_wan2.2_T2V_A14B_low.ckpt"
 SLOT_ID = "slot-id_wan2.1_t2v_14B.safetensors"
-BISENET = "parsing_bisenet.pth"
 LYNX_FULL = "lynx_full"  # a folder of models/lynx (ByteDance/lynx): resampler, ip_layers, ref_layers .safetensors
 LYNX_ARCFACE = "recognition_arcface_ir_se50.pth"  # facexlib's IR-SE50, in models/facexlib
 LYNX_REFERENCE_TEXT = "image of a face"  # the text the official code passes the reference face with
 # Face Crop / Parse's parser_model in the shipped files: "auto" uses BiSeNet (the official background whitening)
 # when it is installed and runs without it otherwise, since the README calls it optional.
-AUTO_PARSER = "auto"
 REFERENCE = "reference.mp4"  # placeholder: the user's clip (uploaded with the node's button or --reference)
 
 # Inputs whose values are file names (models, the user's clip): checked against the server's lists only when

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from ..errors import WanIDError
 from ..tensor_file import read_tensor_file
+from .names import PARSER_FILE
 
 PARSE_SIZE = 512
 NUM_CLASSES = 19
@@ -40,7 +41,7 @@ NORMALIZATION = {
     "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
 }
 
-EXPECTED_FILE = "put facexlib's parsing_bisenet.pth in models/face_parsing"
+EXPECTED_FILE = f"put facexlib's {PARSER_FILE} in models/face_parsing"
 
 
 class FaceParsingError(WanIDError):

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from ..errors import WanIDError
-from ..tensor_file import read_tensor_file
+from ..tensor_file import natural_key, read_tensor_file
 from .resampler import DIM_HEAD, Resampler
 
 FILES = ("resampler.safetensors", "ip_layers.safetensors", "ref_layers.safetensors")
@@ -27,9 +27,6 @@ REF_RE = re.compile(r"^(\d+)\.(to_k_ref|to_v_ref)\.(weight|bias)$")
 class LynxFileError(WanIDError):
     pass
 
-
-def _natural(key):
-    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", key)]
 
 
 def read(path, what, keep=True, dtype=None):
@@ -44,7 +41,7 @@ def read(path, what, keep=True, dtype=None):
                               error=LynxFileError)
         if not isinstance(sd, dict):
             sd = {}
-        tensors = ((k, sd[k]) for k in sorted(sd, key=_natural))
+        tensors = ((k, sd[k]) for k in sorted(sd, key=natural_key))
     out = {}
     for key, value in tensors:
         if not isinstance(value, torch.Tensor):
@@ -67,7 +64,7 @@ def _stream(path):
     from safetensors import safe_open
     try:
         f = safe_open(path, framework="pt", device="cpu")
-        keys = sorted(f.keys(), key=_natural)
+        keys = sorted(f.keys(), key=natural_key)
     except Exception:  # noqa: BLE001 - damaged header: read_tensor_file says so in the pack's words
         return None
     return ((k, f.get_tensor(k)) for k in keys)
@@ -75,7 +72,8 @@ def _stream(path):
 
 @dataclass
 class LynxWeights:
-    """The tensors of one Lynx folder (fp32, CPU) and the configuration read from them."""
+    """The tensors of one Lynx folder (CPU; the resampler fp32, the adapters as stored) and the configuration read
+    from them."""
     resampler: dict
     ip: dict
     ref: dict = field(default_factory=dict)
@@ -146,9 +144,9 @@ def resampler_config(sd, source):
                embedding_dim=sd["proj_in.weight"].shape[1], output_dim=sd["proj_out.weight"].shape[0],
                ff_mult=sd["layers.0.1.1.weight"].shape[0] // dim if "layers.0.1.1.weight" in sd else 4)
     want = Resampler(**cfg, device="meta").state_dict()
-    for key in sorted(want, key=_natural):
+    for key in sorted(want, key=natural_key):
         _expect(sd, key, want[key].shape, "resampler.safetensors", source)
-    extra = sorted(set(sd) - set(want), key=_natural)
+    extra = sorted(set(sd) - set(want), key=natural_key)
     if extra:
         raise LynxFileError(f"Lynx {source}: resampler.safetensors has an unexpected key {extra[0]!r}.")
     if cfg["embedding_dim"] != 512:
@@ -160,7 +158,7 @@ def resampler_config(sd, source):
 def parse(resampler, ip, ref=None, source="<memory>"):
     """LynxWeights from the three tensor dicts (ref None/empty for lite), everything checked for consistency."""
     cfg = resampler_config(resampler, source)
-    bad = next((k for k in sorted(ip, key=_natural) if not IP_RE.match(k)), None)
+    bad = next((k for k in sorted(ip, key=natural_key) if not IP_RE.match(k)), None)
     if bad is not None:
         raise LynxFileError(f"Lynx {source}: ip_layers.safetensors has an unexpected key {bad!r} (expected "
                             "N.to_k_ip.weight ...): it is not Lynx's ID adapter.")
@@ -189,7 +187,7 @@ def parse(resampler, ip, ref=None, source="<memory>"):
         if variant == "lite":
             raise LynxFileError(f"Lynx {source}: ref_layers.safetensors next to lite ID layers; Lynx lite has no "
                                 "Ref adapter. Remove it, or use the lynx_full files together.")
-        bad = next((k for k in sorted(ref, key=_natural) if not REF_RE.match(k)), None)
+        bad = next((k for k in sorted(ref, key=natural_key) if not REF_RE.match(k)), None)
         if bad is not None:
             raise LynxFileError(f"Lynx {source}: ref_layers.safetensors has an unexpected key {bad!r} (expected "
                                 "N.to_k_ref.weight ...).")

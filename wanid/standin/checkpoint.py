@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import WanIDError, check_finite
-from ..tensor_file import read_tensor_file
+from ..tensor_file import natural_key, read_tensor_file
 
 KEY_RE = re.compile(r"^blocks\.(\d+)\.self_attn\.([qkv])_loras\.(down|up)\.weight$")
 PREFIXES = ("model.diffusion_model.", "diffusion_model.", "module.", "model.")
@@ -36,7 +36,7 @@ class StandInWeights:
             raise StandInCheckpointError(
                 f"Stand-In file {self.source} has LoRA for {self.num_blocks} blocks, but {model_name} has "
                 f"{num_blocks}. Use the Stand-In file made for this Wan model (14B: 40 blocks).")
-        for key in sorted(self.state_dict, key=_natural):
+        for key in sorted(self.state_dict, key=natural_key):
             want = (self.rank, dim) if key.endswith("down.weight") else (dim, self.rank)
             if tuple(self.state_dict[key].shape) != want:
                 raise StandInCheckpointError(
@@ -44,9 +44,6 @@ class StandInWeights:
                     f"needs {list(want)}. The official Stand-In files are for Wan 2.1 14B / Wan 2.2 A14B "
                     f"(dim 5120); use a file made for this model.")
 
-
-def _natural(key):
-    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", key)]
 
 
 def read_tensors(path, mmap=False):
