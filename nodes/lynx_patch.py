@@ -17,7 +17,6 @@ import torch
 
 import comfy.model_management
 import comfy.patcher_extension
-from comfy.ldm.modules import attention as comfy_attention
 
 from ..wanid.lynx.adapters import ip_kv, reference_features, ref_kv, rms_norm, unrotate
 from ..wanid.lynx.checkpoint import LynxAdapters
@@ -29,7 +28,8 @@ KEY = "wanid_lynx"
 
 def adapters_patcher(weights, disable_dynamic=False):
     return hooks.side_model_patcher(lambda operations, device: LynxAdapters(weights, operations, device),
-                              LynxAdapters.state_dict_of(weights), (adapters_patcher, (weights,)), disable_dynamic)
+                                    LynxAdapters.state_dict_of(weights), (adapters_patcher, (weights,)),
+                                    disable_dynamic)
 
 
 def _cast(p, like):
@@ -42,6 +42,7 @@ class _Run:
         self.ip = {}   # block -> (K [2, n, dim], V [2, n, dim]): index 0 positive, 1 negative
         self.ref = {}  # block -> (K, V) likewise
         self.reached = False
+        self.picked = {}  # (block, cond_or_uncond pattern) -> (ip K/V, ref K/V) for that batch: made once per run
 
 
 class LynxPatch:
@@ -87,10 +88,9 @@ class LynxPatch:
         self._prepare(model, x)
         chunks = options.get("cond_or_uncond") or [0]
         per = max(1, x.shape[0] // len(chunks))
-        select = torch.tensor([1 if c == 1 else 0 for c in chunks for _ in range(per)][:x.shape[0]], device=x.device)
-        if len(select) < x.shape[0]:
-            select = torch.cat([select, select.new_zeros(x.shape[0] - len(select))])
-        options = {**options, KEY: (self, select)}
+        rows = [1 if c == 1 else 0 for c in chunks for _ in range(per)][:x.shape[0]]
+        pattern = tuple(rows + [0] * (x.shape[0] - len(rows)))  # batch row -> positive (0) / negative (1) K/V
+        options = {**options, KEY: (self, pattern)}
         if len(args) > 5:
             args[5] = options
         else:
@@ -156,6 +156,14 @@ class LynxPatch:
                                   lambda i, block, y: block(y, e=e0, freqs=freqs, context=context), _cast)
 
     # --- per-block replace -------------------------------------------------------------------------------------
+    def _picked(self, index, rows):
+        """This block's ID and Ref K/V for a batch laid out as `rows`, selected once per run and layout (every
+        step repeats the same layouts)."""
+        key = (index, rows)
+        if key not in self.run.picked:
+            self.run.picked[key] = (_pick(self.run.ip.get(index), rows), _pick(self.run.ref.get(index), rows))
+        return self.run.picked[key]
+
     def block_replace(self, index, previous):
         def replace(args, extra):
             options = args["transformer_options"]
@@ -163,18 +171,23 @@ class LynxPatch:
             if mine is None or mine[0] is not self:
                 return previous(args, extra) if previous else extra["original_block"](args)
             self.run.reached = True
-            select = mine[1]
-            ip = self.run.ip.get(index)
-            ref = self.run.ref.get(index)
+            ip, ref = self._picked(index, mine[1])
             if ip is not None or ref is not None:
                 block = self.run.model.blocks[index]
-                pick = lambda kv: None if kv is None else tuple(t.index_select(0, select) for t in kv)  # noqa: E731
-                override = _LynxOverride(pick(ip), pick(ref), self.ip_scale, self.ref_scale, args["pe"],
+                override = _LynxOverride(ip, ref, self.ip_scale, self.ref_scale, args["pe"],
                                          block.self_attn.num_heads, options.get("optimized_attention_override"),
                                          (hooks.preferred_attention(block.self_attn), hooks.preferred_attention(block.cross_attn)))
                 args = {**args, "transformer_options": {**options, "optimized_attention_override": override}}
             return previous(args, extra) if previous else extra["original_block"](args)
         return replace
+
+
+def _pick(kv, rows):
+    """K/V [2, n, dim] (positive, negative) -> one row per batch entry, as `rows` (0 positive, 1 negative) says."""
+    if kv is None:
+        return None
+    index = torch.tensor(rows, device=kv[0].device)
+    return tuple(t.index_select(0, index) for t in kv)
 
 
 class _LynxOverride:
