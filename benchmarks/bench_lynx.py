@@ -102,13 +102,14 @@ def main():
     print(f"Lynx overhead on {machine()} ({str(dtype).replace('torch.', '')}, batch 2 = cond + uncond, reference "
           f"latent {REF_LATENT[0]}x{REF_LATENT[1]}, median of {args.steps} interleaved steps)\n")
     print("| model | latent TxHxW | step unpatched (s) | step lite (s) | lite overhead | step full (s) "
-          "| full overhead | precompute lite (s) | precompute full (s) | peak GiB unpatched / lite / full |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "| full overhead | precompute lite (s) | precompute full (s) | precompute full / step "
+          "| peak GiB unpatched / lite / full |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for size, dim, layers, grid, s, pre, pk in rows:
         print(f"| {size} (dim {dim}, {layers} blocks) | {grid} | {s['unpatched']:.4f} | {s['lite']:.4f} | "
               f"{100 * (s['lite'] / s['unpatched'] - 1):+.1f}% | {s['full']:.4f} | "
               f"{100 * (s['full'] / s['unpatched'] - 1):+.1f}% | {pre['lite']:.4f} | {pre['full']:.4f} | "
-              f"{pk['unpatched']:.2f} / {pk['lite']:.2f} / {pk['full']:.2f} |")
+              f"{pre['full'] / s['full']:.1f} steps | {pk['unpatched']:.2f} / {pk['lite']:.2f} / {pk['full']:.2f} |")
     return 0
 
 

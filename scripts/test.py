@@ -24,7 +24,7 @@ import comfy_roots  # noqa: E402
 
 CACHE = Path(os.environ.get("WANID_CACHE", Path.home() / ".cache"))
 PY = os.environ.get("PYTHON", sys.executable)
-# The host brings torch; one layer of it is shared by every venv (5.5 GB, built once per machine).
+# The host brings torch; one layer of it is shared by every venv (a CUDA build of several GB, built once per machine).
 HOST_TORCH = {"torch", "torchvision"}  # torchaudio (>=2.11 takes any newer torch) comes per ComfyUI
 
 
