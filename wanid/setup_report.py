@@ -3,9 +3,9 @@
 Plain Python (no ComfyUI): the node gathers the host's facts (ComfyUI version, whether Stand-In's hooks exist, the
 model folders and their files) and passes them in; the package and model-file probes are here. Every probe is
 guarded, so one that fails becomes a WARN line instead of an exception: a setup check must never crash on the very
-setup problems it is there to find. Stand-In files go through the node's own loader (a torch file's storages
-mapped, not read), so the report says OK exactly for the files the node accepts; other model files are read
-header-only (shapes, metadata).
+setup problems it is there to find. Model files (Stand-In, Slot-ID, Lynx, IR-SE50) go through their node's own
+loader, every tensor checked (a torch file's storages mapped, a Lynx file streamed one tensor at a time, so the
+memory stays small, but the whole file is read): the report says OK exactly for the files the node accepts.
 """
 import importlib
 import importlib.metadata
