@@ -25,7 +25,7 @@ from comfy.ldm.modules import attention as comfy_attention
 
 from ..wanid.standin.lora import StandInLoRA
 from ..wanid.standin.positions import reference_position_ids
-from ..wanid.standin.reference_branch import attend_with_reference, reference_block
+from ..wanid.standin.reference_branch import attend_merged, attend_with_reference, reference_block
 from . import hooks
 from .wan import patchable_wan_model_of
 
@@ -171,6 +171,14 @@ class _SelfAttentionOverride:
             return self.previous(func, q, k, v, *args, **kwargs)
         return (preferred or func)(q, k, v, *args, **kwargs)
 
+    def _host_sdpa(self, func, preferred, args, kwargs):
+        """Whether the host would run this attention as plain PyTorch SDPA (no other override, no module attention,
+        no mask): then Stand-In can take the reference by the exact two-pass merge instead of concatenating."""
+        plain = comfy_attention.attention_pytorch
+        return (self.previous is None and preferred is None and not args and kwargs.get("mask") is None
+                and not kwargs.get("skip_reshape") and not kwargs.get("skip_output_reshape")
+                and func in (plain, getattr(plain, "__wrapped__", None)))
+
     def __call__(self, func, q, k, v, *args, **kwargs):
         q, k, v = hooks.as_tensors(q, k, v)
         if self.pending and q.shape[1] == k.shape[1]:
@@ -182,6 +190,10 @@ class _SelfAttentionOverride:
             if "heads" not in kwargs:
                 kwargs["heads"], args = args[0], args[1:]
             heads = kwargs.pop("heads")
+            if self._host_sdpa(func, preferred, args, kwargs):
+                out = attend_merged(q, k, v, self.k_ref, self.v_ref, heads, self.strength)
+                if out is not None:
+                    return out
 
             def backend(q_, k_, v_, heads, **kw):
                 return self._call(func, q_, k_, v_, *args, heads=heads, preferred=preferred, **kw)

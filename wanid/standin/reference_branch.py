@@ -5,6 +5,10 @@ Reference tokens attend only to themselves, so their stream depends on the refer
 attend to [video keys; reference keys] (`attend_with_reference`). The block is duck-typed (Wan's
 `WanAttentionBlock`: modulation, norm1, self_attn.{q,k,v,o,norm_q,norm_k}, norm2, ffn); the host passes its own
 rope, attention and cast functions so fp8 weights, offloading and merged user LoRAs behave as in the base model.
+
+Two exact ways to let the video see the reference: `attend_merged` (two SDPA passes, video keys and reference keys,
+merged by their log-sum-exp: no copy of the video K/V, strength as an exact bias) where the host's attention is
+PyTorch SDPA, and `attend_with_reference` (one pass over the concatenated keys) for every other backend.
 """
 import math
 
@@ -31,6 +35,60 @@ def reference_block(block, lora, x, e, freqs, rope, attention, cast):
     # No cross-attention: the reference never sees the text.
     y = block.ffn(torch.addcmul(shift_ff, block.norm2(x), 1 + scale_ff))
     return torch.addcmul(x, y, gate_ff), k, v
+
+
+def sdpa_with_lse(q, k, v):
+    """PyTorch SDPA on [B, H, N, D] tensors with the softmax's log-sum-exp: (out [B, H, N, D], lse [B, H, N] fp32),
+    from the fused kernel F.scaled_dot_product_attention itself picks (flash, memory-efficient, CPU flash), so the
+    output is the one the host's SDPA would give. None where that kernel gives no log-sum-exp (math, cuDNN)."""
+    from torch.nn.attention import SDPBackend
+    choice = torch._fused_sdp_choice(q, k, v)
+    aten = torch.ops.aten
+    if choice == int(SDPBackend.FLASH_ATTENTION):
+        if q.device.type == "cpu":
+            return aten._scaled_dot_product_flash_attention_for_cpu(q, k, v)
+        out, lse = aten._scaled_dot_product_flash_attention(q, k, v)[:2]
+        return out, lse
+    if choice == int(SDPBackend.EFFICIENT_ATTENTION):
+        out, lse = aten._scaled_dot_product_efficient_attention(q, k, v, None, True)[:2]
+        return out, lse[..., :q.shape[2]]  # the kernel pads the query axis of its log-sum-exp
+    return None
+
+
+def attend_merged(q, k, v, k_ref, v_ref, heads, strength=1.0):
+    """The same result as attend_with_reference, without ever concatenating the video's keys and values.
+
+    softmax over [video; reference] = the video pass and the reference pass, each normalised, mixed by their
+    log-sum-exps: out = lerp(out_video, out_ref, sigmoid(lse_ref + log s - lse_video)). strength s is exactly the
+    log s bias. The video pass is the host's own SDPA kernel (identical to the unpatched attention); the reference
+    pass (its ~1k keys) runs a few heads at a time into the video output, so the transient memory is a fraction of
+    one head group, not a second copy of the video K/V. q, k, v: [B, N, H*D]; k_ref, v_ref: [1, Nr, H*D].
+    Returns [B, N, H*D], or None where SDPA has no kernel with a log-sum-exp for these inputs (the caller falls
+    back to attend_with_reference)."""
+    if strength <= 0:
+        return None
+    b, n, width = q.shape
+    d = width // heads
+
+    def split(t):
+        return t.view(t.shape[0], t.shape[1], heads, d).transpose(1, 2)
+
+    qh = split(q)
+    main = sdpa_with_lse(qh, split(k), split(v))
+    if main is None:
+        return None
+    out, lse = main
+    k_ref, v_ref = (split(t.to(q.dtype)).expand(b, -1, -1, -1) for t in (k_ref, v_ref))
+    bias = math.log(strength)
+    step = max(1, heads // 8)  # heads per reference pass: its output is at most ~1/8 of the video output
+    for h in range(0, heads, step):
+        part = sdpa_with_lse(qh[:, h:h + step], k_ref[:, h:h + step], v_ref[:, h:h + step])
+        if part is None:
+            return None
+        out_ref, lse_ref = part
+        weight = torch.sigmoid(lse_ref.add_(bias).sub_(lse[:, h:h + step])).unsqueeze(-1)
+        out[:, h:h + step].lerp_(out_ref, weight.to(out.dtype))
+    return out.transpose(1, 2).reshape(b, n, width)
 
 
 def attend_with_reference(attention, q, k, v, k_ref, v_ref, heads, strength=1.0, **kwargs):
