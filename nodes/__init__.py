@@ -13,6 +13,8 @@ FAMILIES = (
     "lynx",
     "reference_clip",
     "face",
+    "face_swap",
+    "vace",
     "slot_id",
     "identity_score",
     "setup_check",

@@ -141,6 +141,8 @@ class WanIDFaceCropParse(io.ComfyNode):
                 FaceClipType.Output("face_clip", tooltip="Per-frame face data for SlotEncoder / IdentityScore."),
                 io.Image.Output("preview", tooltip="Contact sheet: green = face, red = no face, gold = anchor."),
                 io.String.Output("info", tooltip="Detector, provider actually used, frames kept and dropped."),
+                io.Image.Output("crops_raw", tooltip="The same crops before whitening; with masks as alpha, the "
+                                                     "face Stand-In Face Swap Prepare pastes (official RGBA)."),
             ],
         )
 
@@ -176,7 +178,7 @@ class WanIDFaceCropParse(io.ComfyNode):
             info = report.text() + "\nanchor: no frame has a face; the first (whole) frame is passed"
         sheet = contact_sheet(clip, report)
         shown = {**ui.PreviewImage(sheet, cls=cls).as_dict(), "text": [info]}  # crops and anchor on the node
-        return io.NodeOutput(clip.crops, clip.masks, anchor, clip, sheet, info, ui=shown)
+        return io.NodeOutput(clip.crops, clip.masks, anchor, clip, sheet, info, clip.raw_crops, ui=shown)
 
 
 NODES = [WanIDFaceCropParse]

