@@ -88,6 +88,7 @@ def attend_merged(q, k, v, k_ref, v_ref, heads, strength=1.0):
         out_ref, lse_ref = part
         weight = torch.sigmoid(lse_ref.add_(bias).sub_(lse[:, h:h + step])).unsqueeze(-1)
         out[:, h:h + step].lerp_(out_ref, weight.to(out.dtype))
+        del part, out_ref, lse_ref, weight  # before the next group's pass: one group's output alive at a time
     return out.transpose(1, 2).reshape(b, n, width)
 
 
