@@ -15,6 +15,7 @@ FAMILIES = (
     "face",
     "face_swap",
     "vace",
+    "vace",
     "slot_id",
     "identity_score",
     "setup_check",

@@ -191,12 +191,18 @@ def test_standin_with_vace_equals_the_official_calls(setup, official):
     assert err[0] < TOL and err[1] < TOL, f"rel err positive {err[0]:.2e}, negative {err[1]:.2e}"
 
 
+def the_patch(setup):
+    """The Stand-In patch object behind the patched model (its wrapper's owner)."""
+    import comfy.patcher_extension
+    wrappers = setup["patched"].get_wrappers(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL,
+                                             setup["standin_patch"].KEY)
+    return wrappers[0].__self__
+
+
 def replay(setup, vace_strength=None):
     """The recorded calls again, in the official order, in a fresh Stand-In run."""
     import comfy.model_management
-    patched, sp = setup["patched"], setup["standin_patch"]
-    import comfy.patcher_extension
-    patch = patched.get_wrappers(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, sp.KEY)[0].__self__
+    patched, patch = setup["patched"], the_patch(setup)
     patch.reset()
     out = []
     with torch.no_grad():
@@ -222,17 +228,23 @@ def test_standin_joined_to_the_vace_blocks_is_detected(setup, official, monkeypa
     dit.blocks; VaceWanModel calls its blocks without x_ip). A variant whose VACE blocks also attend to the
     reference (the keys/values of the main block they follow) must fail the comparison."""
     from comfy.ldm.wan.model import VaceWanAttentionBlock
-    sp = setup["standin_patch"]
+    patch = the_patch(setup)
     model = setup["patched"].model.diffusion_model
     main_index = {n: i for i, n in model.vace_layers_mapping.items()}
     forward = VaceWanAttentionBlock.forward
 
     def wrong(self, c, x, **kwargs):
-        options = kwargs["transformer_options"]
-        patch = options[sp.KEY]
-        k, v = patch.reference_kv(main_index[self.block_id])
-        override = sp._SelfAttentionOverride(k, v, patch.strength, options.get("optimized_attention_override"))
-        kwargs["transformer_options"] = {**options, "optimized_attention_override": override}
+        k_ref, v_ref = patch.reference_kv(main_index[self.block_id])  # built already: the main block ran first
+        pending = [True]
+
+        def joined(func, q, k, v, *args, **kw):  # the VACE block's self-attention also sees the reference
+            if pending[0] and q.shape[1] == k.shape[1]:
+                pending[0] = False
+                k = torch.cat([k, k_ref.expand(k.shape[0], -1, -1).to(k)], 1)
+                v = torch.cat([v, v_ref.expand(v.shape[0], -1, -1).to(v)], 1)
+            return func(q, k, v, *args, **kw)
+
+        kwargs["transformer_options"] = {**kwargs["transformer_options"], "optimized_attention_override": joined}
         return forward(self, c, x, **kwargs)
 
     monkeypatch.setattr(VaceWanAttentionBlock, "forward", wrong)
@@ -254,3 +266,87 @@ def test_vace_strength_ignored_is_detected(setup, official):
     records = [{**r, "out": o} for r, o in zip(setup["records"], replay(setup, vace_strength=[1.0]))]
     err = errors(records, [official[f"out.{k}"] for k in range(len(records))])
     assert min(err.values()) > 100 * TOL, err
+
+
+# --- the official input preparation (WanIDVaceReferencePrep) ---------------------------------------------------------
+
+def official_images(repo):
+    """Real inputs from the official repository's test/input: pose.mp4's first 10 frames cut to an odd size (so the
+    crop and the trim both act), and two photos of other sizes (lecun.jpg, ruonan.jpg) as reference images."""
+    import av
+    from PIL import Image
+
+    with av.open(str(Path(repo) / "test" / "input" / "pose.mp4")) as c:
+        frames = [f.to_ndarray(format="rgb24") for _, f in zip(range(10), c.decode(video=0))]
+    video = torch.from_numpy(np.stack(frames)[:, 3:473, 2:827].copy())  # 825x470: crops to 816x464, 9 frames
+    photos = [torch.from_numpy(np.asarray(Image.open(Path(repo) / "test" / "input" / n).convert("RGB")).copy())
+              for n in ("lecun.jpg", "ruonan.jpg")]
+    return video, photos
+
+
+def test_vace_prep_node_equals_the_official_preparation(comfy_pack, tmp_path):
+    """The node against WanVideoPipeline.__call__'s own preparation (load_video_as_list's crop and trim, the
+    letterbox on white), run by the official code on the same real frames and photos: frames identical, the
+    reference within 1 grey level (both use PIL's LANCZOS: identical here)."""
+    from wanid_pack.nodes.vace import WanIDVaceReferencePrep
+    _, repo, why = oracle()
+    if why:
+        pytest.skip(why)
+    video, photos = official_images(repo)
+    for photo in photos:
+        expected = run_oracle(tmp_path, {"video": video, "vace_ref": photo}, {"mode": "prep"})
+        frames_in, photo_in = as_image(video), as_image(photo)[None]
+        before = (frames_in.clone(), photo_in.clone())
+        frames, ref, width, height, length = WanIDVaceReferencePrep.execute(frames_in, photo_in).args
+        assert torch.equal(frames_in, before[0]) and torch.equal(photo_in, before[1]), "inputs left untouched"
+        assert (length, height, width) == tuple(expected["video"].shape[:3]) == (9, 464, 816)
+        assert torch.equal(frames, as_image(expected["video"]))
+        assert ref.shape == (1, height, width, 3)
+        assert (ref[0] * 255 - expected["vace_ref"].float()).abs().max() <= 1.0
+        assert photo.shape[:2] != (height, width)  # the letterbox did act
+
+
+def test_vace_prep_node_then_wanvacetovideo_leaves_the_inputs_as_they_are(comfy_pack):
+    """Fed the prep node's outputs at their own size, WanVaceToVideo resizes nothing: its control frames and its
+    reference are the prepared ones (checked through a VAE that records what it encodes)."""
+    from comfy_extras.nodes_wan import WanVaceToVideo
+    from wanid_pack.nodes.vace import WanIDVaceReferencePrep
+    g = torch.Generator().manual_seed(9)
+    video = torch.rand(7, 37, 53, 3, generator=g)
+    photo = torch.rand(1, 30, 20, 3, generator=g)
+    frames, ref, width, height, length = WanIDVaceReferencePrep.execute(video, photo).args
+    assert (length, height, width) == (5, 32, 48)
+    seen = []
+
+    class RecordingVae:
+        def encode(self, pixels):
+            seen.append(pixels.clone())
+            return torch.zeros(1, 16, (pixels.shape[0] - 1) // 4 + 1, pixels.shape[1] // 8, pixels.shape[2] // 8)
+
+    WanVaceToVideo.execute([[torch.zeros(1, 4, 4096), {}]], [[torch.zeros(1, 4, 4096), {}]], RecordingVae(), width,
+                           height, length, 1, 1.0, control_video=frames, reference_image=ref)
+    reference, inactive, reactive = seen
+    assert torch.equal(reference, ref)
+    assert torch.allclose(reactive, frames, atol=1e-6) and torch.allclose(inactive, torch.full_like(frames, 0.5))
+
+
+@pytest.mark.parametrize("frames, error", [
+    (torch.rand(5, 15, 40, 3), "control_video: 40x15 pixels"),
+    (torch.rand(0, 32, 32, 3), "control_video: expected an IMAGE batch"),
+    (torch.full((5, 32, 32, 3), float("nan")), "control_video"),
+])
+def test_vace_prep_refuses_bad_video(comfy_pack, frames, error):
+    from wanid_pack.nodes.vace import WanIDVaceReferencePrep
+    from wanid_pack.wanid.errors import WanIDError
+    with pytest.raises(WanIDError, match=error):
+        WanIDVaceReferencePrep.execute(frames, None)
+
+
+def test_vace_prep_refuses_a_nan_reference_and_passes_no_reference_on(comfy_pack):
+    from wanid_pack.nodes.vace import WanIDVaceReferencePrep
+    from wanid_pack.wanid.errors import NonFiniteError
+    video = torch.rand(5, 32, 32, 3)
+    with pytest.raises(NonFiniteError, match="reference_image"):
+        WanIDVaceReferencePrep.execute(video, torch.full((1, 8, 8, 3), float("nan")))
+    frames, ref, *_ = WanIDVaceReferencePrep.execute(video, None).args
+    assert ref is None and torch.equal(frames, video)
