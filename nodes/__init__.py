@@ -15,7 +15,6 @@ FAMILIES = (
     "face",
     "face_swap",
     "vace",
-    "vace",
     "slot_id",
     "identity_score",
     "setup_check",
