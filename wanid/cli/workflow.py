@@ -446,17 +446,41 @@ VIDEO_EXTS = {".mp4", ".webm", ".mkv", ".mov", ".avi", ".m4v", ".gif"}
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
 
 
+# The loader of the video a workflow works ON (face swap's target, VACE's pose / depth video), as opposed to the
+# identity reference: a LoadVideo or Reference Clip Loader whose title starts with this. `--video` fills it;
+# `--reference` leaves it alone.
+TARGET_VIDEO = "Target video"
+VIDEO_INPUT = {"LoadVideo": "file", "WanIDReferenceClipLoader": "video"}
+
+
+def is_target_video(node):
+    return node["class_type"] in VIDEO_INPUT and title_of(node).lower().startswith(TARGET_VIDEO.lower())
+
+
+def set_video(api, uploaded_name):
+    """Point the workflow's target video loader(s) (titled "Target video...") at an uploaded video."""
+    targets = [nid for nid in nodes_of(api, *VIDEO_INPUT) if is_target_video(api[nid])]
+    if not targets:
+        raise WorkflowError(f"--video: the workflow has no target video loader (a LoadVideo or Reference Clip "
+                            f"Loader titled '{TARGET_VIDEO} ...'); use --reference for the identity reference, or "
+                            f"--set NODE.{VIDEO_INPUT['LoadVideo']}=NAME for another video input")
+    for nid in targets:
+        api[nid]["inputs"][VIDEO_INPUT[api[nid]["class_type"]]] = uploaded_name
+    return targets
+
+
 def set_reference(api, uploaded_name, kind):
     """Point the workflow at an uploaded reference. kind 'video': every Reference Clip Loader's `video` (else
     LoadVideo's `file`). kind 'image': every LoadImage's `image`; without one, a LoadImage is added and wired to
-    each Reference Clip Loader's `images` input (which takes priority over its video file)."""
-    clips = nodes_of(api, "WanIDReferenceClipLoader")
+    each Reference Clip Loader's `images` input (which takes priority over its video file). Target video loaders
+    (set_video's) are never the reference."""
+    clips = [nid for nid in nodes_of(api, "WanIDReferenceClipLoader") if not is_target_video(api[nid])]
     if kind == "video":
         if clips:
             for nid in clips:
                 api[nid]["inputs"]["video"] = uploaded_name
             return clips
-        loaders = nodes_of(api, "LoadVideo")
+        loaders = [nid for nid in nodes_of(api, "LoadVideo") if not is_target_video(api[nid])]
         for nid in loaders:
             api[nid]["inputs"]["file"] = uploaded_name
         if not loaders:
