@@ -10,6 +10,7 @@ from .v3 import io
 from ..wanid.errors import check_finite_numbers
 from ..wanid.lynx.arcface import ARCFACE_FILE, IRSE50Embedder, embed_aligned, is_arcface_file, load_arcface
 from ..wanid.lynx.checkpoint import LynxWeights, load_lynx
+from ..wanid.lynx import files as lynx_files
 from ..wanid.face.pipeline import to_uint8
 from . import paths
 from .cache import LoadedCache, file_key
@@ -31,11 +32,7 @@ def lynx_folders():
     """Folders of models/lynx holding resampler.safetensors ('lynx_full', 'lynx_lite'; '.' for models/lynx itself)."""
     if "lynx" not in folder_paths.folder_names_and_paths:
         paths.register_model_folders()
-    found = []
-    for f in folder_paths.get_filename_list("lynx"):
-        if os.path.basename(f) == "resampler.safetensors":
-            found.append(os.path.dirname(f).replace(os.sep, "/") or ".")
-    return sorted(set(found))
+    return lynx_files.folders(folder_paths.get_filename_list("lynx"))
 
 
 def arcface_files():

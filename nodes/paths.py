@@ -1,22 +1,15 @@
-"""Model folders of the pack, registered with ComfyUI's folder_paths (extra_model_paths.yaml works too)."""
+"""Model folders of the pack, registered with ComfyUI's folder_paths (extra_model_paths.yaml works too). Which
+folders and extensions: the table of model inputs (wanid/model_inputs.py)."""
 import os
 
 import folder_paths
 
-# name -> (subfolder of models/, extensions)
-MODEL_FOLDERS = {
-    "stand_in": ("stand_in", {".ckpt", ".safetensors", ".pt", ".pth"}),
-    "slot_id": ("slot_id", {".safetensors"}),
-    "face_parsing": ("face_parsing", {".pth", ".pt", ".safetensors"}),
-    "insightface": ("insightface", {".onnx", ".zip"}),
-    "lynx": ("lynx", {".safetensors"}),            # one folder per Lynx release: lynx_full/, lynx_lite/
-    "facexlib": ("facexlib", {".pth", ".safetensors"}),  # recognition_arcface_ir_se50.pth (Lynx's ArcFace)
-}
+from ..wanid.model_inputs import pack_folders
 
 
 def register_model_folders():
-    for name, (sub, exts) in MODEL_FOLDERS.items():
-        path = os.path.join(folder_paths.models_dir, sub)
+    for name, exts in pack_folders().items():
+        path = os.path.join(folder_paths.models_dir, name)
         if name in folder_paths.folder_names_and_paths:
             known, old_exts = folder_paths.folder_names_and_paths[name]
             if path not in known:

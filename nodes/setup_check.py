@@ -4,6 +4,7 @@ and formats. It never raises: a failing probe is a line in the report."""
 import folder_paths
 from .v3 import io
 
+from ..wanid.model_inputs import pack_folders
 from ..wanid.setup_report import HostFacts, build_report
 from . import paths
 
@@ -35,10 +36,11 @@ def _device():
 
 def _folders():
     """name -> (registered folders, [(file name as the loaders list it, full path)]), extra_model_paths included."""
-    if any(n not in folder_paths.folder_names_and_paths for n in paths.MODEL_FOLDERS):
+    names = pack_folders()
+    if any(n not in folder_paths.folder_names_and_paths for n in names):
         paths.register_model_folders()
     out = {}
-    for name in paths.MODEL_FOLDERS:
+    for name in names:
         try:
             folders = list(folder_paths.get_folder_paths(name))
             files = [(f, folder_paths.get_full_path(name, f)) for f in folder_paths.get_filename_list(name)]

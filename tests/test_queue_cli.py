@@ -201,7 +201,7 @@ def test_ui_workflow_with_a_photo_reference(server, tmp_path):
 def test_progress_bar_on_a_terminal_and_lines_in_a_log(monkeypatch):
     import io
 
-    from wanid.cli.queue import Progress
+    from wanid.cli.progress import Progress
 
     class Terminal(io.StringIO):
         def isatty(self):
@@ -243,7 +243,8 @@ def history_ids(server):
     return set(requests.get(server.url + "/history", timeout=30).json())
 
 
-@pytest.mark.parametrize("url", ["not a url", "http://127.0.0.1:99999", "ftp://127.0.0.1:8188", "http://", ""])
+@pytest.mark.parametrize("url", ["not a url", "http://127.0.0.1:99999", "ftp://127.0.0.1:8188", "http://", "",
+                                 "http://[::1", "http://[::1]:port"])
 def test_a_bad_server_url_exits_2(url):
     r = run_cli(FOLDER / "api" / "face_crop_parse.json", "--server", url)
     assert r.returncode == 2, r.stderr
@@ -271,9 +272,26 @@ def test_an_out_that_is_a_file_exits_2(tmp_path):
     assert (tmp_path / "taken").read_text() == "mine"
 
 
-def test_a_negative_timeout_exits_2():
-    r = run_cli(FOLDER / "api" / "face_crop_parse.json", "--server", "http://127.0.0.1:9", "--timeout", "-1")
-    assert r.returncode == 2 and "--timeout -1: give a number of seconds" in r.stderr, r.stderr
+@pytest.mark.parametrize("timeout", ["-1", "nan", "inf"])
+def test_a_negative_or_non_finite_timeout_exits_2_before_anything_is_sent(timeout):
+    """Checked first: the (unreachable) server is never asked, so nothing can have been queued."""
+    r = run_cli(FOLDER / "api" / "face_crop_parse.json", "--server", "http://127.0.0.1:9", "--timeout", timeout)
+    assert r.returncode == 2 and f"--timeout {timeout}: give a number of seconds" in r.stderr, r.stderr
+    assert "cannot reach" not in r.stderr
+
+
+def test_an_ipv6_server_url_is_accepted():
+    r = run_cli(FOLDER / "api" / "face_crop_parse.json", "--server", "http://[::1]:9", "--dry-run")
+    assert r.returncode == 0, r.stderr
+
+
+def test_a_set_link_to_a_node_the_workflow_lacks_exits_2_in_a_dry_run_without_a_server():
+    r = run_cli(FOLDER / "api" / "standin_wan21_t2v_14b.json", "--dry-run", "--server", "http://127.0.0.1:9",
+                "--set", 'KSampler.model=["99", 0]')
+    assert r.returncode == 2, r.stderr
+    assert ("--set 'KSampler.model=[\"99\", 0]': links node 12 (KSampler) model to node '99', which the "
+            "workflow does not have (its nodes: 1, 2, ") in r.stderr
+    assert r.stdout == ""
 
 
 def test_an_unknown_set_input_exits_2_in_a_dry_run_without_a_server():
@@ -310,6 +328,22 @@ def test_an_unknown_set_input_is_refused_before_queueing(server, tmp_path):
         assert r.returncode == 0, r.stderr
     assert history_ids(server) == before and not list(tmp_path.glob("**/*.mp4"))
     assert_serves(server)
+
+
+@pytest.mark.integration
+def test_a_set_link_to_a_missing_node_or_output_is_refused_before_queueing(server, tmp_path):
+    api = tiny_for(server, "standin_wan21_t2v_14b")
+    ks = wf.nodes_of(api, "KSampler")[0]
+    unet = wf.nodes_of(api, "UNETLoader")[0]
+    before = history_ids(server)
+    r = run_cli(write(tmp_path, "tiny", api), "--server", server.url, "--set", f'{ks}.model=["999", 0]',
+                "--out", tmp_path / "out")
+    assert r.returncode == 2 and "to node '999', which the workflow does not have" in r.stderr, r.stderr
+    r = run_cli(write(tmp_path, "tiny", api), "--server", server.url, "--set", f'{ks}.model=["{unet}", 3]',
+                "--out", tmp_path / "out")
+    assert r.returncode == 2, r.stderr
+    assert f"{wf.title_of(api[unet])}) has no output 3 (its outputs: 0 MODEL)" in r.stderr
+    assert history_ids(server) == before and not (tmp_path / "out").exists()
 
 
 @pytest.mark.integration

@@ -11,10 +11,9 @@ from safetensors.torch import save_file
 from comfy_server import comfy_server  # noqa: F401  (session fixture: the real server)
 from test_face_support import write_pack
 from test_standin_core import lora_sd
+from wanid.model_inputs import pack_folders
 
-FOLDERS = {"stand_in": {".ckpt", ".safetensors", ".pt", ".pth"}, "slot_id": {".safetensors"},
-           "face_parsing": {".pth", ".pt", ".safetensors"}, "insightface": {".onnx", ".zip"},
-           "lynx": {".safetensors"}, "facexlib": {".pth", ".safetensors"}}
+FOLDERS = {name: set(exts) for name, exts in pack_folders().items()}  # the folders the pack registers
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,7 @@ import pytest
 from comfy_server import comfy_server  # noqa: F401  (fixture, used by test_frontend's `server`)
 from test_frontend import APP, CHROMIUM, NO_CHROMIUM, keep, open_page, server  # noqa: F401  (server is a fixture)
 
-from wanid.cli.templates import FILE_INPUTS
+from wanid.model_inputs import FILE_INPUTS
 
 REPO = Path(__file__).resolve().parents[1]
 FOLDER = REPO / "workflows"

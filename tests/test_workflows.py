@@ -23,6 +23,7 @@ import wanid_testing
 from comfy_server import TINY_WAN, comfy_server  # noqa: F401  (comfy_server is a fixture)
 from wanid.cli import templates
 from wanid.cli import workflow as wf
+from wanid.model_inputs import FILE_INPUTS
 
 FOLDER = wanid_testing.REPO / "workflows"
 NAMES = sorted(templates.WORKFLOWS)
@@ -215,7 +216,7 @@ def check_against_object_info(api, info):
             elif t in ("COMBO", wf.DYNAMIC_COMBO):
                 if not isinstance(value, str):
                     problems.append(f"{where}.{name}: {value!r} is not a string")
-                elif value not in wf.combo_values(spec) and name not in templates.FILE_INPUTS:
+                elif value not in wf.combo_values(spec) and name not in FILE_INPUTS:
                     problems.append(f"{where}.{name}: {value!r} not in {wf.combo_values(spec)[:12]}")
     if not any(info.get(n["class_type"], {}).get("output_node") for n in api.values()):
         problems.append("no output node")

@@ -18,6 +18,8 @@ from .errors import describe, first_line
 from .face.names import PARSER_FILE
 from .face.onnx_session import ACCELERATORS
 from .host_versions import MIN_SUPPORTED, classify
+from .lynx import files as lynx_files
+from .model_inputs import INPUTS
 
 OK, MISSING, WARN = "OK", "MISSING", "WARN"
 
@@ -90,15 +92,38 @@ def _size(path):
         n /= 1024
 
 
+WAN_NAMES = {"wan2.1-t2v-14b": "Wan 2.1 14B", "wan2.2-t2v-a14b": "Wan 2.2 A14B", "wan2.1-t2v-1.3b": "Wan 2.1 1.3B",
+             "wan2.2-ti2v-5b": "Wan 2.2 TI2V 5B"}
+
+
+def _fits(names):
+    return "fits " + " / ".join(WAN_NAMES.get(n, n) for n in names)
+
+
 def wan_of(dim, num_blocks=None):
     """Which released Wan models a DiT width (and block count) belongs to."""
     from .slot.checkpoint import BACKBONES
     names = [n for n, b in BACKBONES.items() if b["dim"] == dim and num_blocks in (None, b["num_blocks"])]
-    pretty = {"wan2.1-t2v-14b": "Wan 2.1 14B", "wan2.2-t2v-a14b": "Wan 2.2 A14B", "wan2.1-t2v-1.3b": "Wan 2.1 1.3B",
-              "wan2.2-ti2v-5b": "Wan 2.2 TI2V 5B"}
     if names:
-        return "fits " + " / ".join(pretty.get(n, n) for n in names)
+        return _fits(names)
     return f"no released Wan model has dim {dim}" + (f" with {num_blocks} blocks" if num_blocks else "")
+
+
+def lynx_fit(weights):
+    """Which released Wan models a Lynx folder fits, as Lynx Apply decides it (LynxWeights.check_against: width,
+    the blocks its variant adapts, the Ref layers); else why the one of its width does not."""
+    from .lynx.checkpoint import LynxFileError
+    from .slot.checkpoint import BACKBONES
+    names, why = [], ""
+    for name, b in BACKBONES.items():
+        try:
+            weights.check_against(b["num_blocks"], b["dim"], WAN_NAMES.get(name, name))
+        except LynxFileError as e:
+            if b["dim"] == weights.dim and not why:
+                why = _input_named(e, f"Lynx {weights.source}").split(". ")[0]
+            continue
+        names.append(name)
+    return _fits(names) if names else why or wan_of(weights.dim)
 
 
 # ----------------------------------------------------------------------------------------------- ComfyUI
@@ -424,13 +449,10 @@ def insightface_checks(host):
 def _input_named(e, *names):
     """The loader's message without the node input and the file it names first ('lynx_name: ...',
     'Lynx lynx_full: ...'): the report's line names the file already."""
-    msg = re.sub(r"^(lynx_name|arcface_name):\s*", "", first_line(e, 300))
+    msg = re.sub(rf"^({'|'.join(map(re.escape, INPUTS))}):\s*", "", first_line(e, 300))
     for name in names:
         msg = msg[len(name) + 2:] if msg.startswith(name + ": ") else msg
     return msg
-
-
-LYNX_DOWNLOAD = "the lynx_full (or lynx_lite) folder of ByteDance/lynx on Hugging Face"
 
 
 def lynx_checks(host):
@@ -439,33 +461,31 @@ def lynx_checks(host):
     from .lynx.checkpoint import load_lynx
     folder = _folder_of(host, "lynx")
     files = host.folders.get("lynx", ([], []))[1]
-    found = {}
-    for name, path in files:
-        if os.path.basename(name) == "resampler.safetensors":
-            found.setdefault(os.path.dirname(name).replace(os.sep, "/") or ".", os.path.dirname(path))
+    listed = {n.replace(os.sep, "/"): p for n, p in files}
+    found = {name: os.path.dirname(listed[lynx_files.RESAMPLER if name == "." else f"{name}/{lynx_files.RESAMPLER}"])
+             for name in lynx_files.folders(listed)}
     if not found:
-        return [Check(MISSING, f"Lynx: no lynx_full/ or lynx_lite/ folder in {folder}{_others(host, 'lynx')} "
-                               "(optional: only Lynx needs it)", f"download {LYNX_DOWNLOAD} into {folder}")], False
+        return [Check(MISSING, f"Lynx: no {lynx_files.FULL}/ or {lynx_files.LITE}/ folder in {folder}"
+                               f"{_others(host, 'lynx')} (optional: only Lynx needs it)",
+                      f"download {lynx_files.DOWNLOAD} into {folder}")], False
     out, good = [], False
     for name, path in sorted(found.items()):
         try:
             w = load_lynx(path, keep=False)  # every tensor checked, one at a time; only shapes kept
         except Exception as e:  # noqa: BLE001 - LynxFileError (or a reader error): name the folder
-            out.append(Check(WARN, f"Lynx {name}: {_input_named(e, 'Lynx ' + os.path.basename(path))}", f"download {LYNX_DOWNLOAD} again into {folder}"))
+            out.append(Check(WARN, f"Lynx {name}: {_input_named(e, 'Lynx ' + os.path.basename(path))}",
+                             f"download {lynx_files.DOWNLOAD} again into {folder}"))
             continue
-        blocks = w.ip_layers if w.variant == "full" else 2 * w.ip_layers
         what = ("full (ID + Ref adapter)" if w.ref_layers else "full (ID adapter only)") if w.variant == "full" \
             else "lite (ID adapter)"
-        fit = wan_of(w.dim, blocks)
-        if fit.startswith("fits") and w.ref_layers and w.ref_layers != blocks:
-            fit = f"ref_layers has {w.ref_layers} layers for {blocks} blocks"
+        fit = lynx_fit(w)
         status = OK if fit.startswith("fits") else WARN
         cfg = w.resampler_config
         out.append(Check(status, f"Lynx {name}: {what}, {w.ip_layers} ID layers, {w.ref_layers} Ref layers, dim "
                                  f"{w.dim}, {cfg['num_queries']} tokens of width {w.token_dim}, {w.registers} "
                                  f"registers; {fit}",
                          "" if status == OK else "the official Lynx files are for Wan 2.1 T2V 14B: download "
-                                                 f"{LYNX_DOWNLOAD}"))
+                                                 f"{lynx_files.DOWNLOAD}"))
         good = good or status == OK
     return out, good
 
@@ -473,7 +493,8 @@ def lynx_checks(host):
 def facexlib_checks(host):
     """The IR-SE50 files of models/facexlib (Lynx Loader's arcface_name, Identity Score's recognition), each
     through the node's own loader (wanid.lynx.arcface.load_arcface)."""
-    from .lynx.arcface import ARCFACE_FILE, is_arcface_file, load_arcface
+    from .lynx.arcface import is_arcface_file, load_arcface
+    from .lynx.files import ARCFACE_FILE
     folder = _folder_of(host, "facexlib")
     files = [(n, p) for n, p in host.folders.get("facexlib", ([], []))[1] if is_arcface_file(n)]
     if not files:

@@ -17,6 +17,8 @@ import sys
 from pathlib import Path
 
 from ..face.names import AUTO_PARSER, PARSER_FILE as BISENET
+from ..lynx import files as lynx_files
+from ..model_inputs import INPUTS as MODEL_INPUTS
 from . import workflow as wf
 
 REPO = Path(__file__).resolve().parents[2]
@@ -33,17 +35,12 @@ STANDIN_21 = "Stand-In_wan2.1_T2V_14B.ckpt"
 STANDIN_22_HIGH = "Stand-In_wan2.2_T2V_A14B_high.ckpt"
 STANDIN_22_LOW = "Stand-In_wan2.2_T2V_A14B_low.ckpt"
 SLOT_ID = "slot-id_wan2.1_t2v_14B.safetensors"
-LYNX_FULL = "lynx_full"  # a folder of models/lynx (ByteDance/lynx): resampler, ip_layers, ref_layers .safetensors
-LYNX_ARCFACE = "recognition_arcface_ir_se50.pth"  # facexlib's IR-SE50, in models/facexlib
+LYNX_FULL = lynx_files.FULL  # a folder of models/lynx (ByteDance/lynx): resampler, ip_layers, ref_layers
+LYNX_ARCFACE = lynx_files.ARCFACE_FILE  # facexlib's IR-SE50, in models/facexlib
 LYNX_REFERENCE_TEXT = "image of a face"  # the text the official code passes the reference face with
 # Face Crop / Parse's parser_model in the shipped files: "auto" uses BiSeNet (the official background whitening)
 # when it is installed and runs without it otherwise, since the README calls it optional.
 REFERENCE = "reference.mp4"  # placeholder: the user's clip (uploaded with the node's button or --reference)
-
-# Inputs whose values are file names (models, the user's clip): checked against the server's lists only when
-# the files are installed.
-FILE_INPUTS = {"unet_name", "clip_name", "vae_name", "standin_name", "slot_id_name", "parser_model", "video",
-               "image", "lynx_name", "arcface_name"}
 
 POSITIVE = ("A man sits at a desk facing the camera and talks as if on a video call with friends, smiling "
             "naturally. Warm indoor light; behind him a tidy shelf with photos and a world map on the wall.")
@@ -232,16 +229,16 @@ def face_preprocess():
     return g.nodes
 
 
-_MODELS = {
-    "wan21": [("diffusion_models", WAN21_T2V)],
-    "wan22": [("diffusion_models", WAN22_HIGH), ("diffusion_models", WAN22_LOW)],
-    "text": [("text_encoders", UMT5), ("vae", WAN_VAE)],
-    "standin21": [("stand_in", STANDIN_21)],
-    "standin22": [("stand_in", STANDIN_22_HIGH), ("stand_in", STANDIN_22_LOW)],
-    "slot": [("slot_id", SLOT_ID)],
-    "lynx": [("lynx", f"{LYNX_FULL}/ (resampler, ip_layers, ref_layers .safetensors; ByteDance/lynx)"),
-             ("facexlib", f"{LYNX_ARCFACE} (facexlib's ArcFace IR-SE50, Lynx's face embedding)")],
-    "face": [("face_parsing", BISENET + "  (optional; parser_model auto uses it when installed, for Stand-In's "
+_MODELS = {  # (model input, what the note lists): the folder is the one of the table of model inputs
+    "wan21": [("unet_name", WAN21_T2V)],
+    "wan22": [("unet_name", WAN22_HIGH), ("unet_name", WAN22_LOW)],
+    "text": [("clip_name", UMT5), ("vae_name", WAN_VAE)],
+    "standin21": [("standin_name", STANDIN_21)],
+    "standin22": [("standin_name", STANDIN_22_HIGH), ("standin_name", STANDIN_22_LOW)],
+    "slot": [("slot_id_name", SLOT_ID)],
+    "lynx": [("lynx_name", f"{LYNX_FULL}/ (resampler, ip_layers, ref_layers .safetensors; ByteDance/lynx)"),
+             ("arcface_name", f"{LYNX_ARCFACE} (facexlib's ArcFace IR-SE50, Lynx's face embedding)")],
+    "face": [("parser_model", BISENET + "  (optional; parser_model auto uses it when installed, for Stand-In's "
                               "official white background; the workflow runs without it)"),
              ("insightface/models/antelopev2", "antelopev2 (optional for Stand-In; Slot-ID needs its ArcFace)")],
 }
@@ -250,7 +247,7 @@ _MODELS = {
 def _note(summary, *groups, extra=""):
     lines = [summary, "", "**Models** (ComfyUI/models/...):"]
     for key in groups:
-        lines += [f"- `{folder}/` {name}" for folder, name in _MODELS[key]]
+        lines += [f"- `{MODEL_INPUTS[i].folder if i in MODEL_INPUTS else i}/` {name}" for i, name in _MODELS[key]]
     lines += ["", "**Use**: upload your reference clip in *Reference clip* (one person, face visible), write the "
               "prompt, queue. Headless: `python -m wanid queue workflows/api/<this file> --server URL "
               "--reference clip.mp4 --prompt \"...\"`."]

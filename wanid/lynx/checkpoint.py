@@ -19,7 +19,7 @@ from ..errors import WanIDError
 from ..tensor_file import natural_key, read_tensor_file
 from .resampler import DIM_HEAD, Resampler
 
-FILES = ("resampler.safetensors", "ip_layers.safetensors", "ref_layers.safetensors")
+from .files import FILES  # the file names, torch-free for the CLI and Setup Check
 IP_RE = re.compile(r"^(\d+)\.(to_k_ip\.weight|to_k_ip\.bias|to_v_ip\.weight|to_v_ip\.bias|registers)$")
 REF_RE = re.compile(r"^(\d+)\.(to_k_ref|to_v_ref)\.(weight|bias)$")
 
