@@ -39,7 +39,8 @@ def main():
     import comfy.model_management as mm
     import standin_reference
     import tiny_wan
-    from test_standin import standin_state_dict
+    from standin_files import standin_state_dict
+    from wanid_testing import rel_err as rel
     from wanid_pack.nodes import standin_patch
     from wanid_pack.wanid.standin.checkpoint import parse_state_dict
 
@@ -69,7 +70,6 @@ def main():
     ctx[:, :7] = torch.randn(1, 7, 4096, generator=g)
     ref = torch.randn(1, 16, 1, 8, 12, generator=g)
     dev = mm.get_torch_device()
-    rel = lambda a, b: ((a.double().cpu() - b.double().cpu()).norm() / b.double().cpu().norm()).item()  # noqa: E731
     state = {}
 
     def dynamic_side_model():

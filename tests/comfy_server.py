@@ -9,7 +9,7 @@ Usage in a test module:
     def test_something(comfy_server):
         prompt = wan_t2v_prompt(seed=1)                # UNETLoader -> KSampler -> SaveLatent, see below
         entry = comfy_server.queue(prompt)             # waits until it ran; raises if execution failed
-        latent = comfy_server.load_tensors(comfy_server.output_files(entry)[0])["latent_tensor"]
+        latent = comfy_server.output_latent(entry)     # the tensor SaveLatent wrote
 
 The `comfy_server` fixture is session-wide: every module that imports it shares ONE server (started on first
 use, stopped at the end of the session) whose --base-directory is a pytest temp dir holding:
@@ -33,6 +33,8 @@ ComfyServer API (all blocking; `entry` is the /history/{prompt_id} entry: {"prom
     output_files(entry, kind=None) -> [Path]         files the output nodes reported ("images", "latents",
                                                      "tensors", ...), in node order; kind filters by key
     load_tensors(path) -> {name: tensor}             read a .safetensors / .latent output
+    output_latent(entry) -> tensor                   the latent the prompt's one SaveLatent wrote
+    output_latent_file(entry) -> Path                its file (an error unless exactly one latent was saved)
     reset_cache()                                    POST /free (unload models, drop node cache), then a
                                                      no-op prompt so the reset has happened on return
     add_model(folder, name, src) -> Path             put a file (Path, bytes or {key: tensor}) in models/<folder>
@@ -304,6 +306,15 @@ class ComfyServer:
         from safetensors.torch import load_file
 
         return load_file(str(path))
+
+    def output_latent_file(self, entry):
+        # by the output's key, not its position: a prompt may save other files (images, tensors) too
+        files = self.output_files(entry, "latents")
+        assert len(files) == 1, f"expected the prompt to save one latent (SaveLatent), got {files}: {entry['outputs']}"
+        return files[0]
+
+    def output_latent(self, entry):
+        return self.load_tensors(self.output_latent_file(entry))["latent_tensor"]
 
     def reset_cache(self, timeout=60):
         import requests

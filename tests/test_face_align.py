@@ -3,7 +3,7 @@ file with the real recognition signature (vs insightface's ArcFaceONNX)."""
 import numpy as np
 import pytest
 
-from test_face_support import carphone, t1, write_arcface
+from face_files import carphone, t1, write_arcface
 from wanid.face import align as A
 from wanid.face.anchor import choose_anchor, frontality
 from wanid.face.detect import detect_with_ladder, load_detector

@@ -7,7 +7,7 @@ import zipfile
 import numpy as np
 import pytest
 
-from test_face_support import bright_blocks, carphone, t1, write_pack, write_scrfd
+from face_files import bright_blocks, carphone, t1, write_pack, write_scrfd
 from wanid.face import detect as D
 from wanid.face import model_files as M
 from wanid.face import onnx_session as S

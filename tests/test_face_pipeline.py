@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from test_face_support import carphone, dlib_embedding, face_recognition_photos, t1, write_arcface
+from face_files import carphone, dlib_embedding, face_recognition_photos, t1, write_arcface
 from wanid.face import parsing
 from wanid.face.crop import standin_crop
 from wanid.face.detect import detect_with_ladder, load_detector

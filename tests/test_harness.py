@@ -5,6 +5,7 @@ import torch
 import wanid_testing
 import tiny_wan
 from comfy_server import PACK_NAME, PromptError, TINY_WAN, comfy_server, wan_t2v_prompt  # noqa: F401
+from wanid_testing import rel_err
 
 integration = pytest.mark.integration  # needs a real ComfyUI (in-process or a server)
 
@@ -87,7 +88,7 @@ def test_forward_low_precision_weights(wan_inputs, weight_dtype, storage):
     torch.testing.assert_close(out, _forward(rounded, x, ctx), rtol=1e-5, atol=1e-5)
 
     full = _forward(tiny_wan.load_tiny_wan_patcher(), x, ctx)
-    rel = ((out - full).norm() / full.norm()).item()
+    rel = rel_err(out, full)
     assert 0 < rel < 0.25, rel  # rounded, yet the same network
 
 
@@ -107,12 +108,6 @@ def test_support_conditioning_node_shape():
 
 
 # ---------------------------------------------------------------- a real server
-
-
-def _latent(server, entry):
-    files = server.output_files(entry, "latents")
-    assert len(files) == 1, entry["outputs"]
-    return server.load_tensors(files[0])["latent_tensor"], files[0]
 
 
 def _cached_nodes(entry):
@@ -146,7 +141,8 @@ def test_pack_imports_into_the_server_without_errors(comfy_server, comfy_pack):
 
 @integration
 def test_sampling_is_seeded_and_deterministic(comfy_server):
-    first, path1 = _latent(comfy_server, comfy_server.queue(wan_t2v_prompt(seed=1)))
+    first_entry = comfy_server.queue(wan_t2v_prompt(seed=1))
+    first, path1 = comfy_server.output_latent(first_entry), comfy_server.output_latent_file(first_entry)
     assert first.shape == (1, 16, 2, 8, 8)
     assert torch.isfinite(first).all() and first.std() > 0.1
 
@@ -157,26 +153,26 @@ def test_sampling_is_seeded_and_deterministic(comfy_server):
     comfy_server.reset_cache()
     entry = comfy_server.queue(wan_t2v_prompt(seed=1))
     assert "sampler" not in _cached_nodes(entry) and "unet" not in _cached_nodes(entry)
-    again, path2 = _latent(comfy_server, entry)
+    again, path2 = comfy_server.output_latent(entry), comfy_server.output_latent_file(entry)
     assert path2 != path1
     assert torch.equal(first, again)
 
-    other, _ = _latent(comfy_server, comfy_server.queue(wan_t2v_prompt(seed=2)))
+    other = comfy_server.output_latent(comfy_server.queue(wan_t2v_prompt(seed=2)))
     assert not torch.allclose(first, other)
 
 
 @integration
 def test_text_conditioning_matters(comfy_server):
-    a, _ = _latent(comfy_server, comfy_server.queue(wan_t2v_prompt(seed=5, pos_seed=10)))
-    b, _ = _latent(comfy_server, comfy_server.queue(wan_t2v_prompt(seed=5, pos_seed=11)))
+    a = comfy_server.output_latent(comfy_server.queue(wan_t2v_prompt(seed=5, pos_seed=10)))
+    b = comfy_server.output_latent(comfy_server.queue(wan_t2v_prompt(seed=5, pos_seed=11)))
     assert not torch.allclose(a, b)
 
 
 @integration
 def test_fp8_weights_through_unetloader(comfy_server):
-    full, _ = _latent(comfy_server, comfy_server.queue(wan_t2v_prompt(seed=4)))
-    fp8, _ = _latent(comfy_server, comfy_server.queue(wan_t2v_prompt(seed=4, weight_dtype="fp8_e4m3fn")))
-    rel = ((fp8 - full).norm() / full.norm()).item()
+    full = comfy_server.output_latent(comfy_server.queue(wan_t2v_prompt(seed=4)))
+    fp8 = comfy_server.output_latent(comfy_server.queue(wan_t2v_prompt(seed=4, weight_dtype="fp8_e4m3fn")))
+    rel = rel_err(fp8, full)
     assert 0 < rel < 0.25, rel
 
 
@@ -199,7 +195,7 @@ def test_bad_input_gets_node_errors_and_server_keeps_serving(comfy_server):
     assert "outside the output folder" in str(err.value)
     assert comfy_server.queue(broken, check=False)["status"]["status_str"] == "error"
 
-    latent, _ = _latent(comfy_server, comfy_server.queue(wan_t2v_prompt(seed=3)))
+    latent = comfy_server.output_latent(comfy_server.queue(wan_t2v_prompt(seed=3)))
     assert latent.shape == (1, 16, 2, 8, 8) and torch.isfinite(latent).all()
 
 

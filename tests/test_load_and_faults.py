@@ -9,7 +9,7 @@ import requests
 import torch
 
 from comfy_server import comfy_server, wan_t2v_prompt  # noqa: F401  (fixture)
-from test_standin import standin_state_dict
+from standin_files import standin_state_dict
 
 pytestmark = pytest.mark.integration
 
@@ -34,10 +34,6 @@ def patched(seed=1, ref_seed=0, steps=2, prefix="wanid_test/lf", strength=1.0):
         "model": ["unet", 0], "standin_name": CKPT, "strength": strength, "reference_latent": ["ref", 1]}}
     p["sampler"]["inputs"]["model"] = ["standin", 0]
     return p
-
-
-def latent_of(server, entry):
-    return server.load_tensors([f for f in server.output_files(entry) if f.suffix == ".latent"][0])["latent_tensor"]
 
 
 def rss_bytes(pid):
@@ -83,7 +79,7 @@ def test_fifty_queued_prompts_keep_memory_bounded(server):
 
 
 def test_interrupt_then_a_bit_identical_next_run(server):
-    want = latent_of(server, server.queue(patched(seed=77, ref_seed=7, prefix="wanid_test/lf_int_ref")))
+    want = server.output_latent(server.queue(patched(seed=77, ref_seed=7, prefix="wanid_test/lf_int_ref")))
     server.reset_cache()
     ws_id = uuid.uuid4().hex
     import websocket
@@ -104,25 +100,25 @@ def test_interrupt_then_a_bit_identical_next_run(server):
     entry = server.wait(data["prompt_id"])
     kinds = [m[0] for m in entry["status"]["messages"]]
     assert "execution_interrupted" in kinds, kinds
-    again = latent_of(server, server.queue(patched(seed=77, ref_seed=7, prefix="wanid_test/lf_int_again")))
+    again = server.output_latent(server.queue(patched(seed=77, ref_seed=7, prefix="wanid_test/lf_int_again")))
     assert torch.equal(again, want), "a run after an interrupt must not see the interrupted run's state"
 
 
 def test_unpatched_is_bit_identical_after_patched_runs(server):
     plain = wan_t2v_prompt(seed=88, filename_prefix="wanid_test/lf_plain_before")
-    before = latent_of(server, server.queue(plain))
+    before = server.output_latent(server.queue(plain))
     for i in range(3):
         server.queue(patched(seed=88, ref_seed=20 + i, strength=0.5 + i * 0.5))
     # the sampler's entry for `plain` left the cache with the patched prompts, UNETLoader's stayed: the shared model
     # is reused and must be exactly as before
-    after = latent_of(server, server.queue(wan_t2v_prompt(seed=88, filename_prefix="wanid_test/lf_plain_after")))
+    after = server.output_latent(server.queue(wan_t2v_prompt(seed=88, filename_prefix="wanid_test/lf_plain_after")))
     assert torch.equal(after, before)
 
 
 def test_back_to_back_references_are_isolated(server):
-    first = latent_of(server, server.queue(patched(seed=99, ref_seed=31, prefix="wanid_test/lf_ref1")))
-    second = latent_of(server, server.queue(patched(seed=99, ref_seed=32, prefix="wanid_test/lf_ref2")))
+    first = server.output_latent(server.queue(patched(seed=99, ref_seed=31, prefix="wanid_test/lf_ref1")))
+    second = server.output_latent(server.queue(patched(seed=99, ref_seed=32, prefix="wanid_test/lf_ref2")))
     assert not torch.equal(first, second), "the two references should give different videos"
     server.reset_cache()
-    fresh = latent_of(server, server.queue(patched(seed=99, ref_seed=32, prefix="wanid_test/lf_ref2_fresh")))
+    fresh = server.output_latent(server.queue(patched(seed=99, ref_seed=32, prefix="wanid_test/lf_ref2_fresh")))
     assert torch.equal(second, fresh), "the second reference's run must equal a fresh run with only it"

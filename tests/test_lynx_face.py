@@ -30,7 +30,7 @@ np.savez(sys.argv[3], **out)
 
 def faces():
     """(frames uint8 [N, H, W, 3], landmarks float32 [N, 5, 2]): carphone's face, and synthetic sets."""
-    from test_identity_score import carphone
+    from face_files import carphone
     from wanid.face.detect import load_detector
 
     car = carphone()

@@ -5,7 +5,9 @@ import pytest
 import torch
 
 import tiny_wan
-from test_lynx import DIM, FFN, LAYERS, call, case, rel_err, weights_of
+from lynx_files import DIM, FFN, LAYERS, case, weights_of
+from tiny_wan import diffusion_call as call
+from wanid_testing import rel_err
 
 pytestmark = pytest.mark.integration
 

@@ -16,7 +16,7 @@ import pytest
 
 import wanid_testing
 from comfy_server import comfy_server  # noqa: F401  (fixture used by `server`)
-from test_workflows import FOLDER, load, server, tiny_for  # noqa: F401  (server is a fixture)
+from workflow_files import FOLDER, load, server, tiny_for  # noqa: F401  (server is a fixture)
 from wanid.cli import workflow as wf
 
 

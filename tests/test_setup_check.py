@@ -9,8 +9,8 @@ import torch
 from safetensors.torch import save_file
 
 from comfy_server import comfy_server  # noqa: F401  (session fixture: the real server)
-from test_face_support import write_pack
-from test_standin_core import lora_sd
+from face_files import write_pack
+from standin_files import standin_state_dict
 from wanid.model_inputs import pack_folders
 
 FOLDERS = {name: set(exts) for name, exts in pack_folders().items()}  # the folders the pack registers
@@ -56,7 +56,7 @@ def line(report, status, *parts):
 
 def standin_14b(rank=1):
     """A Stand-In file of the official 14B shape (40 blocks, dim 5120), rank 1 to stay small."""
-    return lora_sd(layers=40, dim=5120, rank=rank)
+    return standin_state_dict(layers=40, dim=5120, rank=rank)
 
 
 def slot_checkpoint(dim=128, num_blocks=2, backbone="wanid-tiny"):
@@ -138,7 +138,7 @@ def test_model_files_are_read_and_described(node_module, models_dir):
     from wanid.slot.checkpoint import save_checkpoint
 
     save_file(standin_14b(), str(models_dir / "stand_in" / "standin_14b.safetensors"))
-    torch.save({"state_dict": lora_sd(layers=3, dim=32, rank=4)}, models_dir / "stand_in" / "tiny.ckpt")
+    torch.save({"state_dict": standin_state_dict(layers=3, dim=32, rank=4)}, models_dir / "stand_in" / "tiny.ckpt")
     save_checkpoint(slot_checkpoint(5120, 40, "wan2.1-t2v-14b"), models_dir / "slot_id" / "slot_14b.safetensors")
     save_checkpoint(slot_checkpoint(), models_dir / "slot_id" / "slot_tiny.safetensors")
     (models_dir / "face_parsing" / "parsing_bisenet.pth").write_bytes(b"\0" * 1000)
@@ -343,7 +343,7 @@ def test_onnxruntime_builds_installed_together_are_flagged(report_module, monkey
 # ------------------------------------------------------------------------------------------- real server
 def test_report_comes_back_through_a_real_server(comfy_server):
     name = "wanid_setup_check_test.safetensors"
-    path = comfy_server.add_model("stand_in", name, lora_sd(layers=3, dim=32, rank=4))
+    path = comfy_server.add_model("stand_in", name, standin_state_dict(layers=3, dim=32, rank=4))
     try:
         entry = comfy_server.queue({"check": {"class_type": "WanIDSetupCheck", "inputs": {"test_providers": True}}})
     finally:

@@ -2,7 +2,7 @@
 IdentityTokenInject -> KSampler on the tiny Wan, with the Slot-ID loader's LoRA on the model.
 
 No real weights can be downloaded: the antelopev2 pack is the face tests' ONNX files with insightface's signatures
-(SCRFD that "detects" bright blocks, random-weight ArcFace: tests/test_face_support.py), so the clip is a lossless
+(SCRFD that "detects" bright blocks, random-weight ArcFace: tests/face_files.py), so the clip is a lossless
 video of a moving bright block (the bundled RetinaFace finds real faces but gives no ArcFace embeddings), and
 the Slot-ID checkpoint is a random one with pool 0 (no low-frequency tokens, so no Wan VAE file is needed: a
 random Wan VAE would be a 500 MB file). The VAE path of SlotEncoder is tested in-process (test_slot_nodes.py).
@@ -17,30 +17,13 @@ pytestmark = pytest.mark.integration
 CKPT = "wanid_test_slot_tiny.safetensors"
 
 
-def write_blocks_video(path, frames=8):
-    """A lossless clip in which a bright 3x3-cell block (what the test SCRFD detects as a face) moves right."""
-    import av
-    from test_face_support import bright_blocks
-
-    with av.open(str(path), "w") as c:
-        s = c.add_stream("libx264", rate=25)
-        s.width, s.height, s.pix_fmt, s.options = 192, 160, "yuv444p", {"qp": "0"}
-        for i in range(frames):
-            img = bright_blocks(160, 192, [(8 + dy, 6 + i + dx) for dy in range(3) for dx in range(3)])
-            for packet in s.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
-                c.mux(packet)
-        for packet in s.encode():
-            c.mux(packet)
-    return path
-
-
 @pytest.fixture(scope="module")
 def server(comfy_server, tmp_path_factory):
     """The shared server with an antelopev2 pack of test ONNX files (removed afterwards, so 'auto' detection of
     other tests is unaffected), a Slot-ID checkpoint and the clip."""
     import shutil
 
-    from test_face_support import write_pack
+    from face_files import write_blocks_video, write_pack
     from wanid.slot.checkpoint import fresh_checkpoint, save_checkpoint
     from wanid.slot.encoder import SlotIDConfig
 
@@ -80,11 +63,6 @@ def slot_prompt(video, strength=1.0, pad_negative=True, seed=0):
     return p
 
 
-def latent_of(server, entry):
-    files = [f for f in server.output_files(entry) if f.suffix == ".latent"]
-    return server.load_tensors(files[0])["latent_tensor"]
-
-
 def test_schemas(server):
     info = server.object_info()
     loader = info["WanIDSlotIDLoader"]["input"]
@@ -103,18 +81,18 @@ def test_schemas(server):
 
 def test_reference_clip_to_ksampler(server):
     entry = server.queue(slot_prompt(server.video_name))
-    with_ids = latent_of(server, entry)
+    with_ids = server.output_latent(entry)
     assert torch.isfinite(with_ids).all()
     routing = server.load_tensors(server.output_files(entry, "tensors")[0])["image"]
     assert routing.shape == (1, 4 * 34 + 2, 4 * 34 + 2, 3)  # 4 slots x 4 frames, 32 px cells, 2 px gaps
     centres = routing[0, 18::34, 18::34][:4, :4]  # the centre pixel of each cell
     assert centres.std(-1).min() > 0.05  # every frame in colour: faces found in all 4 (a dropped one is grey)
-    plain = latent_of(server, server.queue(wan_t2v_prompt(seed=0, filename_prefix="wanid_test/slot_plain")))
+    plain = server.output_latent(server.queue(wan_t2v_prompt(seed=0, filename_prefix="wanid_test/slot_plain")))
     assert (with_ids - plain).abs().max() > 1e-3
     # the tokens themselves reach cross-attention: the slot part alone changes the result
-    no_slots = latent_of(server, server.queue(slot_prompt(server.video_name, strength=0.0)))
+    no_slots = server.output_latent(server.queue(slot_prompt(server.video_name, strength=0.0)))
     assert (with_ids - no_slots).abs().max() > 1e-3
     # padding the negative with zero rows is not a no-op (Wan's cross-attention has no mask) but a small change:
     # its umT5 conditioning already ends in hundreds of zero padding rows
-    unpadded = latent_of(server, server.queue(slot_prompt(server.video_name, pad_negative=False)))
+    unpadded = server.output_latent(server.queue(slot_prompt(server.video_name, pad_negative=False)))
     assert (unpadded - with_ids).abs().max() < 0.1 * (with_ids - plain).abs().max()

@@ -1,26 +1,14 @@
 """RestrictedAttnPatch on a real (tiny, random) native Wan model, in-process, against the float64 reference."""
-import math
-
 import pytest
 import torch
 
 import standin_reference
 import tiny_wan
+from standin_files import DIM, LAYERS, inputs, standin_state_dict
+from tiny_wan import diffusion_call as call
+from wanid_testing import rel_err
 
 pytestmark = pytest.mark.integration
-
-LAYERS, DIM, RANK = 2, 128, 8
-
-
-def standin_state_dict(layers=LAYERS, dim=DIM, rank=RANK, seed=1):
-    """A Stand-In file's tensors for the tiny model (random, up != 0 so the LoRA matters)."""
-    g = torch.Generator().manual_seed(seed)
-    sd = {}
-    for i in range(layers):
-        for p in "qkv":
-            sd[f"blocks.{i}.self_attn.{p}_loras.down.weight"] = torch.randn(rank, dim, generator=g) / math.sqrt(dim)
-            sd[f"blocks.{i}.self_attn.{p}_loras.up.weight"] = torch.randn(dim, rank, generator=g) / math.sqrt(rank)
-    return sd
 
 
 @pytest.fixture(scope="module")
@@ -33,24 +21,6 @@ def parts(pack):
     from wanid_pack.nodes import standin_patch
     from wanid_pack.wanid.standin.checkpoint import parse_state_dict
     return standin_patch, parse_state_dict
-
-
-def inputs(seed=0, batch=1, frames=3, h=6, w=10, ctx_tokens=7):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(batch, 16, frames, h, w, generator=g)
-    t = torch.rand(batch, generator=g) * 1000
-    ctx = torch.zeros(batch, 512, 4096)
-    ctx[:, :ctx_tokens] = torch.randn(batch, ctx_tokens, 4096, generator=g)
-    ref = torch.randn(1, 16, 1, 8, 12, generator=g)
-    return x, t, ctx, ref
-
-
-def call(patcher, x, t, ctx):
-    return tiny_wan.diffusion_call(patcher, x, t, ctx)
-
-
-def rel_err(a, b):
-    return ((a.double() - b.double()).norm() / b.double().norm()).item()
 
 
 @pytest.fixture(scope="module")
@@ -114,9 +84,9 @@ def test_reference_kv_built_once_per_run_and_reset(base, parts):
     original = patch.reference_kv
 
     def counting(i):
-        built = patch.reference_builds
+        built = patch.builds["reference"]
         out = original(i)
-        counted.append(patch.reference_builds - built)
+        counted.append(patch.builds["reference"] - built)
         return out
 
     patch.reference_kv = counting

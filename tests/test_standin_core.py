@@ -1,4 +1,5 @@
 """Stand-In core without ComfyUI: checkpoint formats, reference positions, strength-weighted joint attention."""
+import functools
 import math
 import zipfile
 
@@ -6,17 +7,15 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from standin_files import standin_state_dict
 from wanid.standin.checkpoint import StandInCheckpointError, load_standin
 from wanid.standin.lora import StandInLoRA
 from wanid.standin.positions import reference_position_ids
 from wanid.standin.reference_branch import attend_with_reference
 
 
-def lora_sd(layers=3, dim=32, rank=4, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return {f"blocks.{i}.self_attn.{p}_loras.{part}.weight":
-            torch.randn((rank, dim) if part == "down" else (dim, rank), generator=g)
-            for i in range(layers) for p in "qkv" for part in ("down", "up")}
+# small unscaled files: these tests read and check the formats
+lora_sd = functools.partial(standin_state_dict, layers=3, dim=32, rank=4, seed=0, scaled=False)
 
 
 @pytest.mark.parametrize("fmt", ["ckpt", "wrapped", "prefixed", "safetensors"])

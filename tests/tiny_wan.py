@@ -9,6 +9,7 @@ patch_embedding and out_dim from head.head // 4 (patch 1x2x2); everything else i
     tiny_wan_state_dict(**kw) -> {key: tensor}      plain torch, no ComfyUI needed
     write_tiny_wan(path, **kw) -> path              the same, saved as .safetensors
     load_tiny_wan_patcher(weight_dtype=None, **kw)  a real comfy ModelPatcher built in-process (WAN21_T2V)
+    diffusion_call(patcher, x, t, ctx, ...)         one model call as a sampler makes it (hooks, wrappers)
     wan21_vae_state_dict(seed=0, dtype=...)         a Wan 2.1 VAE (full size, random weights; needs ComfyUI)
     write_wan21_vae(path, **kw) -> path              the same, saved as .safetensors
 
@@ -173,16 +174,19 @@ def sampler_options(patcher):
     return options
 
 
-def diffusion_call(patcher, x, t, ctx, load=True, **kwargs):
+def diffusion_call(patcher, x, t, ctx, cond_or_uncond=(0,), load=True, **kwargs):
     """One diffusion-model call the way a sampler makes it: the patcher and its additional models loaded
-    (load=False keeps however the caller loaded them, e.g. lowvram), hooks in the options, no autograd."""
+    (load=False keeps however the caller loaded them, e.g. lowvram), hooks in the options, no autograd.
+    cond_or_uncond: which batch chunks are positive (0) and negative (1), as the sampler says (default: the
+    batch is one positive chunk)."""
     import comfy.model_management
 
+    options = sampler_options(patcher)
+    options["cond_or_uncond"] = list(cond_or_uncond)
     with torch.no_grad():  # ComfyUI runs nodes without autograd; patching fp8 weights needs it off
         if load:
             comfy.model_management.load_models_gpu([patcher] + patcher.get_nested_additional_models())
-        return patcher.model.diffusion_model(x, t, ctx, transformer_options=sampler_options(patcher),
-                                             **kwargs).float()
+        return patcher.model.diffusion_model(x, t, ctx, transformer_options=options, **kwargs).float()
 
 
 # comfy/sd.py VAE(): a Wan 2.1 VAE is "decoder.middle.0.residual.0.gamma" without

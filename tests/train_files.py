@@ -1,4 +1,4 @@
-"""Helpers for the trainer tests (no tests here): a synthetic Slot-ID training set written as cache fixtures in
+"""The trainer tests' files (no tests here): a synthetic Slot-ID training set written as cache fixtures in
 the trainer's own cache format, and the tiny encoder config.
 
 Synthetic identities: identity i has a unit ArcFace direction e_i and a latent pattern P_i. Its reference clips
@@ -130,8 +130,8 @@ def write_video(path, frames, fps=16):
 
 def face_tools(tmp_dir):
     """FaceCrop/Parse's tools with no downloaded model: the bundled RetinaFace detector and a random ArcFace ONNX
-    with the real signature (test_face_support.write_arcface); no parser (the landmark-ellipse fallback)."""
-    import test_face_support
+    with the real signature (face_files.write_arcface); no parser (the landmark-ellipse fallback)."""
+    import face_files
     from wanid.face.detect import load_detector
     from wanid.face.embed import ArcFaceEmbedder
     from wanid.face.tools import FaceTools
@@ -139,5 +139,5 @@ def face_tools(tmp_dir):
     detector, _ = load_detector("retinaface_mobilenet")
     path = os.path.join(tmp_dir, "glintr100.onnx")
     if not os.path.isfile(path):
-        test_face_support.write_arcface(path)
+        face_files.write_arcface(path)
     return FaceTools(detector, ArcFaceEmbedder(path, name="tiny-arcface"), None, name="retinaface+tiny-arcface")

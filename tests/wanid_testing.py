@@ -1,4 +1,5 @@
-"""What tests and benchmarks share: where the ComfyUI under test is, and importing it (and the pack) in-process.
+"""What tests and benchmarks share: where the ComfyUI under test is, importing it (and the pack) in-process, and
+the relative error every numerical comparison uses.
 
 ComfyUI is found as tests/comfy_roots.py says; scripts/test.py runs the suite once per root. Plain module (no pytest
 hooks: those live in conftest.py), so benchmarks import it too.
@@ -50,3 +51,9 @@ def import_comfy(cpu=True):
         sys.modules[PACK_MODULE] = module
         spec.loader.exec_module(module)
     return sys.modules[PACK_MODULE]
+
+
+def rel_err(a, b):
+    """||a - b|| / ||b|| in float64 on the CPU: the relative error of `a` against the reference `b`."""
+    a, b = a.detach().double().cpu(), b.detach().double().cpu()
+    return ((a - b).norm() / b.norm()).item()
