@@ -7,7 +7,9 @@ import torch
 import comfy.utils
 from .v3 import io, ui
 
+from ..wanid.errors import check_finite
 from ..wanid.face.onnx_session import PROVIDER_CHOICES
+from ..wanid.face.pipeline import NON_FINITE_FIX
 from ..wanid.score import (REFERENCE_MODES, arcface_faces, mean_score, per_frame_json,
                            reference_from_clip, reference_from_images, render_plot, score_frames, summary_text)
 from . import paths
@@ -87,6 +89,11 @@ class WanIDIdentityScore(io.ComfyNode):
         if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[0] == 0:
             shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
             raise ValueError(f"images: expected a batch of frames [T, H, W, 3], got {shape}")
+        # NaN frames would read as faceless and score as "no face": say what is wrong instead
+        check_finite(images[..., :3], "images", "the frames to score are broken (a NaN sampling or VAE decode); "
+                                                "score a video that decoded to real colours")
+        if isinstance(reference, torch.Tensor):
+            check_finite(reference[..., :3], "reference", NON_FINITE_FIX)
         det, embedder = _embedder(detector, provider, recognition)
         embed_faces = arcface_faces(det, embedder)
         if isinstance(reference, torch.Tensor):

@@ -57,7 +57,7 @@ def _arcface_path(name, input_name="arcface_name"):
 def arcface_embedder(name, input_name="arcface_name"):
     """The IR-SE50 of models/facexlib/<name> as a score embedder (Identity Score), loaded once per file version."""
     path = _arcface_path(name, input_name)
-    model = _arcfaces.get(file_key(path), lambda: load_arcface(path))
+    model = _arcfaces.get(file_key(path), lambda: load_arcface(path, input_name))
     return IRSE50Embedder(model, name)
 
 

@@ -6,41 +6,22 @@ exception type (no PyAV/OpenCV/IndexError/ZeroDivisionError, no filesystem path 
 would be wrong, succeed with a warning in the node's info. After each case the server still serves (a fresh
 good prompt samples) and no file the user made (input/, output/, models/) changed.
 """
-import io as _io
-import hashlib
 import os
 import threading
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from comfy_server import comfy_server, wan_t2v_prompt  # noqa: F401  (fixture)
-from standin_files import standin_state_dict
+from server_cases import (MARKER, EvilPickle as _Evil, assert_worded, face_node, face_prompt, load_image, outcome,
+                          post_raw, save_image, still_serves, tensor_node, torch_bytes as _ckpt_bytes, user_files)
+from test_standin import standin_state_dict
 
 pytestmark = pytest.mark.integration
 
 GOOD_STANDIN = "bad_inputs_good.safetensors"
 GOOD_SLOT = "bad_inputs_slot.safetensors"
-RAW_TYPES = ("IndexError", "ZeroDivisionError", "KeyError", "TypeError", "AttributeError", "RuntimeError",
-             "AssertionError", "UnpicklingError")
-MARKER = "wanid_pickle_ran"
-
-
-class _Evil:
-    """A pickle that runs code when loaded (what weights_only refuses)."""
-
-    def __reduce__(self):
-        return os.system, (f"touch /tmp/{MARKER}",)
-
-
-def _ckpt_bytes(obj):
-    buf = _io.BytesIO()
-    torch.save(obj, buf)
-    return buf.getvalue()
-
-
 def _safetensors_bytes(sd):
     from safetensors.torch import save
     return save({k: v.contiguous() for k, v in sd.items()})
@@ -76,7 +57,7 @@ def server(comfy_server, tmp_path_factory):
     two insightface packs of test ONNX files (antelopev2: normal faces; buffalo_l: 12 px faces), removed after."""
     import shutil
 
-    from face_files import bright_blocks, write_pack
+    from test_face_support import bright_blocks, write_pack
     from wanid.slot.checkpoint import fresh_checkpoint, save_checkpoint
     from wanid.slot.encoder import SlotIDConfig
 
@@ -154,14 +135,6 @@ def standin_prompt(standin_name=GOOD_STANDIN, strength=1.0, ref=None, seed=3, re
     return p
 
 
-def tensor_node(shape, fill="randn", dtype="float32", seed=0):
-    return {"class_type": "WanIDTestTensor", "inputs": {"shape": shape, "fill": fill, "dtype": dtype, "seed": seed}}
-
-
-def save_image(src):
-    return {"class_type": "WanIDTestSaveTensor", "inputs": {"filename_prefix": "wanid_test/bad", "image": src}}
-
-
 def clip_prompt(video="bad_inputs_good.mp4", use_names=True, extra=None, **inputs):
     return lambda s: {
         **(extra or {}),
@@ -178,22 +151,6 @@ def video_in_prompt(name):
         p["clip"]["inputs"]["video_in"] = ["load", 0]
         return p
     return build
-
-
-def face_node(images, detector="antelopev2", **kw):
-    inputs = {"images": images, "detector": detector, "face_choice": "largest", "face_index": 0,
-              "on_no_face": "error", "label_set": "official", "parser_model": "none (fallback)", "provider": "CPU"}
-    inputs.update(kw)
-    return {"class_type": "WanIDFaceCropParse", "inputs": inputs}
-
-
-def face_prompt(image_node, **kw):
-    return lambda s: {"img": image_node(s) if callable(image_node) else image_node,
-                      "face": face_node(["img", 0], **kw), "save": save_image(["face", 0])}
-
-
-def load_image(name):
-    return lambda s: {"class_type": "LoadImage", "inputs": {"image": s.names[name]}}
 
 
 def slot_prompt(slot_id_name=GOOD_SLOT, lora_strength=1.0, strength=1.0, positive=None, seed=5):
@@ -213,67 +170,6 @@ def slot_prompt(slot_id_name=GOOD_SLOT, lora_strength=1.0, strength=1.0, positiv
         p["sampler"]["inputs"].update(model=["slot", 0], positive=["inject", 0], negative=["inject", 1])
         return p
     return build
-
-
-# ---------------------------------------------------------------------------------------------- running a case
-def post_raw(server, prompt, client_id=None):
-    """POST /prompt like the harness, but JSON with NaN/Infinity allowed (as a script sending float('nan') does;
-    requests' json= refuses them)."""
-    import json
-    import uuid
-
-    import requests
-    body = json.dumps({"prompt": prompt, "client_id": client_id or uuid.uuid4().hex}, allow_nan=True)
-    r = requests.post(server.url + "/prompt", data=body, headers={"Content-Type": "application/json"}, timeout=30)
-    try:
-        return r.status_code, r.json()
-    except ValueError:
-        return r.status_code, {"raw": r.text}
-
-
-def outcome(server, prompt):
-    """('refused' | 'failed' | 'ok', exception type, message, history entry)."""
-    status, data = post_raw(server, prompt)
-    if status != 200 or "prompt_id" not in data:
-        errs = [f"{e.get('message')}: {e.get('details')}" for ne in (data.get("node_errors") or {}).values()
-                for e in ne.get("errors", [])]
-        return "refused", "", " | ".join([str((data.get("error") or {}).get("message", ""))] + errs), None
-    entry = server.wait(data["prompt_id"])
-    if entry["status"].get("status_str") == "success":
-        return "ok", "", "", entry
-    errors = [m[1] for m in entry["status"].get("messages", []) if m[0] == "execution_error"]
-    err = errors[0] if errors else {}
-    return "failed", err.get("exception_type", ""), err.get("exception_message", ""), entry
-
-
-def user_files(server):
-    """path -> sha1 of every file in input/, output/ and models/ (what the user made or downloaded)."""
-    out = {}
-    for root in (server.input_dir, server.output_dir, server.models_dir):
-        for dirpath, _, files in os.walk(root):
-            for f in files:
-                p = Path(dirpath) / f
-                if p.is_symlink():
-                    continue
-                out[p] = hashlib.sha1(p.read_bytes()).hexdigest()
-    return out
-
-
-def still_serves(server):
-    """A fresh good prompt (a seed no other case used) samples to a finite latent."""
-    server.case_seed += 1
-    entry = server.queue(wan_t2v_prompt(seed=server.case_seed, filename_prefix="wanid_test/bad_follow_up"))
-    lat = server.load_tensors(server.output_files(entry)[0])["latent_tensor"]
-    assert torch.isfinite(lat).all()
-
-
-def assert_worded(kind, etype, message, pattern):
-    import re
-    assert kind in ("refused", "failed"), "a bad input ran as if it were fine"
-    assert re.search(pattern, message, re.S), f"{etype}: {message}"
-    assert "/" not in etype and not etype.startswith(("av.", "cv2")), f"raw or path-like exception type {etype!r}"
-    assert etype.split(".")[-1] not in RAW_TYPES, f"raw {etype}: {message}"
-    assert "Traceback" not in message
 
 
 # (id, build(server) -> prompt, regex the message must match). Messages name the input, what and what to do.
@@ -457,6 +353,10 @@ def test_setup_check_is_not_ready_with_only_bad_files(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------- harder cases
+def latent_of(server, entry):
+    return server.load_tensors([f for f in server.output_files(entry) if f.suffix == ".latent"][0])["latent_tensor"]
+
+
 def test_file_replaced_while_a_prompt_runs(server):
     """A Stand-In file overwritten while a prompt that uses it samples: that prompt keeps the weights it loaded,
     the server keeps serving, and the next prompt with the same name reads the new file (not the node cache)."""
@@ -467,12 +367,12 @@ def test_file_replaced_while_a_prompt_runs(server):
     name = "bad_inputs_swap.safetensors"
     old, new = standin_state_dict(seed=11), standin_state_dict(seed=12)
     server.add_model("stand_in", name, new)
-    want_new = server.output_latent(server.queue(standin_prompt(name, seed=21, steps=12,
+    want_new = latent_of(server, server.queue(standin_prompt(name, seed=21, steps=12,
                                                              filename_prefix="wanid_test/swap_new")))
     server.add_model("stand_in", name, old)
     stamp = os.stat(server.models_dir / "stand_in" / name).st_mtime_ns + 10**9  # a coarse-clock filesystem too
     os.utime(server.models_dir / "stand_in" / name, ns=(stamp, stamp))
-    want_old = server.output_latent(server.queue(standin_prompt(name, seed=21, steps=12,
+    want_old = latent_of(server, server.queue(standin_prompt(name, seed=21, steps=12,
                                                              filename_prefix="wanid_test/swap_old")))
     assert not torch.equal(want_old, want_new)
 
@@ -493,9 +393,9 @@ def test_file_replaced_while_a_prompt_runs(server):
                     break
     finally:
         ws.close()
-    during = server.output_latent(server.wait(data["prompt_id"]))
+    during = latent_of(server, server.wait(data["prompt_id"]))
     assert torch.equal(during, want_old), "the running prompt must keep the weights it loaded"
-    after = server.output_latent(server.queue(standin_prompt(name, seed=21, steps=12,
+    after = latent_of(server, server.queue(standin_prompt(name, seed=21, steps=12,
                                                           filename_prefix="wanid_test/swap_after")))
     assert torch.equal(after, want_new), "the replaced file must be read again, not answered from the cache"
 
@@ -526,8 +426,8 @@ def test_concurrent_prompts_good_and_bad(server):
     server.reset_cache()
     for prompt, entry in zip(order, entries):
         if prompt in goods:
-            alone = server.output_latent(server.queue(prompt))
-            assert torch.equal(alone, server.output_latent(entry))
+            alone = latent_of(server, server.queue(prompt))
+            assert torch.equal(alone, latent_of(server, entry))
 
 
 def test_model_unloaded_with_free_mid_queue(server):
@@ -535,7 +435,7 @@ def test_model_unloaded_with_free_mid_queue(server):
     unet and the patch are not answered from the node cache) and gives the bit-identical result as before."""
     import requests
     ref = standin_prompt(seed=61, filename_prefix="wanid_test/free_ref")
-    want = server.output_latent(server.queue(ref))
+    want = latent_of(server, server.queue(ref))
     long = standin_prompt(seed=62, steps=15, filename_prefix="wanid_test/free_long")
     first = post_raw(server, long)[1]["prompt_id"]
     requests.post(server.url + "/free", json={"unload_models": True, "free_memory": True},
@@ -544,6 +444,6 @@ def test_model_unloaded_with_free_mid_queue(server):
     assert server.wait(first)["status"]["status_str"] == "success"
     entry = server.wait(second)
     assert entry["status"]["status_str"] == "success"
-    assert torch.equal(server.output_latent(entry), want)
+    assert torch.equal(latent_of(server, entry), want)
     cached = {n for kind, data in entry["status"]["messages"] if kind == "execution_cached" for n in data["nodes"]}
     assert not {"unet", "standin", "sampler"} & cached, f"answered from the cache after /free: {cached}"

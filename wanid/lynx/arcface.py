@@ -15,6 +15,7 @@ from torch import nn
 from ..errors import WanIDError
 from ..tensor_file import read_tensor_file
 from ..face.align import norm_crop
+from .files import ARCFACE_FILE
 
 # (in_channels, depth, units) of the four IR-SE50 stages; the first unit of each stage has stride 2
 STAGES_50 = ((64, 64, 3), (64, 128, 4), (128, 256, 14), (256, 512, 3))
@@ -49,9 +50,6 @@ class _Unit(nn.Module):
         return self.res_layer(x) + short
 
 
-ARCFACE_FILE = "recognition_arcface_ir_se50.pth"
-
-
 def is_arcface_file(name):
     """The files of models/facexlib the nodes offer as IR-SE50 (facexlib keeps its other models there too)."""
     base = os.path.basename(name)
@@ -81,29 +79,34 @@ class ArcFaceFileError(WanIDError):
     pass
 
 
-def load_arcface(path):
-    """The IR-SE50 with the weights of `path` (.pth read with weights_only, or .safetensors), in eval mode."""
+def load_arcface(path, input_name="arcface_name"):
+    """The IR-SE50 with the weights of `path` (.pth read with weights_only, or .safetensors), in eval mode.
+    input_name: the node input that named the file (Lynx Loader's arcface_name, Identity Score's recognition),
+    which every error begins with."""
     name = os.path.basename(path)
-    sd = read_tensor_file(path, "arcface_name:", "Download recognition_arcface_ir_se50.pth (facexlib) again.",
-                          error=ArcFaceFileError)
+    fix = f"Download {ARCFACE_FILE} (facexlib) again."
+    sd = read_tensor_file(path, f"{input_name}:", fix, error=ArcFaceFileError)
     sd = sd.get("state_dict", sd) if isinstance(sd, dict) else sd
     if not isinstance(sd, dict):
-        raise ArcFaceFileError(f"arcface_name: {name} holds a {type(sd).__name__}, not a dict of tensors.")
+        raise ArcFaceFileError(f"{input_name}: {name} holds a {type(sd).__name__}, not a dict of tensors. {fix}")
     sd = {k[len("module."):] if k.startswith("module.") else k: v for k, v in sd.items()}
     model = ArcFaceIRSE50()
     want = model.state_dict()
     for key, value in want.items():
         if key not in sd:
-            raise ArcFaceFileError(f"arcface_name: {name} is not facexlib's ArcFace IR-SE50: {key} is missing. "
-                                   "Use recognition_arcface_ir_se50.pth.")
+            raise ArcFaceFileError(f"{input_name}: {name} is not facexlib's ArcFace IR-SE50: {key} is missing. "
+                                   f"Use {ARCFACE_FILE}.")
+        if not isinstance(sd[key], torch.Tensor):
+            raise ArcFaceFileError(f"{input_name}: {name}: {key} is not a tensor. Use {ARCFACE_FILE}.")
         if tuple(sd[key].shape) != tuple(value.shape):
-            raise ArcFaceFileError(f"arcface_name: {name}: {key} has shape {list(sd[key].shape)}, IR-SE50 needs "
-                                   f"{list(value.shape)}. Use recognition_arcface_ir_se50.pth.")
+            raise ArcFaceFileError(f"{input_name}: {name}: {key} has shape {list(sd[key].shape)}, IR-SE50 needs "
+                                   f"{list(value.shape)}. Use {ARCFACE_FILE}.")
         if sd[key].is_floating_point() and not torch.isfinite(sd[key]).all():
-            raise ArcFaceFileError(f"arcface_name: {name}: {key} holds NaN or inf. Download the file again.")
+            raise ArcFaceFileError(f"{input_name}: {name}: {key} holds NaN or inf. Download the file again.")
     extra = sorted(set(sd) - set(want))
     if extra:
-        raise ArcFaceFileError(f"arcface_name: {name}: unexpected key {extra[0]!r}; this is not the IR-SE50 file.")
+        raise ArcFaceFileError(f"{input_name}: {name}: unexpected key {extra[0]!r}; this is not the IR-SE50 file. "
+                               f"Use {ARCFACE_FILE}.")
     model.load_state_dict({k: sd[k].float() for k in want}, strict=True)
     return model.eval().requires_grad_(False)
 

@@ -292,7 +292,7 @@ class Trainer:
             with open(os.path.join(state_path, "latest.json")) as f:
                 state_path = os.path.join(state_path, json.load(f)["state"])
         state = read_tensor_file(state_path, "training state", "Resume from another step_NNNNNN.state.pt, or start "
-                                 "the run again.")  # never unpickles code
+                                 "the run again.", instead="a state this pack's trainer saved (only tensors)")
         if state.get("format") != STATE_FORMAT:
             raise ValueError(f"{state_path} is not a Slot-ID training state")
         saved = json.loads(state["config"])
