@@ -65,9 +65,9 @@ def test_missing_files_names_the_lynx_folder_and_the_irse50_file(comfy_server):
     problems = missing_files(api, comfy_server.object_info(), Client(comfy_server.url))
     by_input = {re.search(r"\) (\w+): ", line).group(1): line for line in problems}
     assert set(by_input) == {"unet_name", "vae_name", "clip_name", "video", "lynx_name", "arcface_name"}, problems
-    assert ("node 9 (WanIDLynxLoader: Lynx Loader) lynx_name: model folder 'lynx_full' is not installed on the server; put it in "
-            "ComfyUI/models/lynx/ (a Lynx folder: lynx_full (resampler.safetensors, ip_layers.safetensors, "
-            "ref_layers.safetensors) or lynx_lite") in by_input["lynx_name"]
+    assert ("node 9 (WanIDLynxLoader: Lynx Loader) lynx_name: model folder 'lynx_full' is not installed on the "
+            "server; put it in ComfyUI/models/lynx/ (a Lynx folder: lynx_full (resampler.safetensors, "
+            "ip_layers.safetensors, ref_layers.safetensors) or lynx_lite") in by_input["lynx_name"]
     assert ("arcface_name: model file 'recognition_arcface_ir_se50.pth' is not installed on the server; put it in "
             "ComfyUI/models/facexlib/ (facexlib's ArcFace IR-SE50") in by_input["arcface_name"]
     for name, folder in (("unet_name", "diffusion_models"), ("vae_name", "vae"), ("clip_name", "text_encoders")):

@@ -506,7 +506,8 @@ def facexlib_checks(host):
         try:
             load_arcface(path)
         except Exception as e:  # noqa: BLE001 - ArcFaceFileError (or a reader error): name the file
-            out.append(Check(WARN, f"facexlib ArcFace {name} ({_size(path)}): {_input_named(e, os.path.basename(path))}",
+            why = _input_named(e, os.path.basename(path))
+            out.append(Check(WARN, f"facexlib ArcFace {name} ({_size(path)}): {why}",
                              f"download facexlib's {ARCFACE_FILE} again into {folder}"))
             continue
         out.append(Check(OK, f"facexlib ArcFace {name} ({_size(path)}): IR-SE50, 512-d (Lynx's face embedding)"))
