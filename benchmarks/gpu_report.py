@@ -16,8 +16,9 @@ own rows; its table prints as soon as it ends (rows print as they finish). Cells
   dynamic      dynamic VRAM on (comfy-aimdo initialised before anything imports comfy, as ComfyUI's main.py does),
                fp8 weights, --small-frames
 Per method (unpatched, Stand-In, Lynx lite, Lynx full, Slot-ID tokens + cross-attention LoRA, Stand-In + Lynx full):
-step time and overhead, the first call's extra time (the run's one-time precompute), peak extra memory over the
-unpatched step, and steady-state extra memory (what the method keeps allocated between steps). Adapters in the
+step time and overhead, the first call's extra time (the run's one-time precompute, after a small warm-up run of the
+method so first-use kernels are not counted) and how much of it is handing the side model back (the copy of its
+weights to the CPU), peak extra memory over the unpatched step, and steady-state extra memory (what the method keeps allocated between steps). Adapters in the
 official files' dtypes: Lynx bf16 (the release), Stand-In's LoRA fp32, Slot-ID's LoRA fp32.
 
 Needs ComfyUI (COMFYUI_PATH; 0.33+ for the dynamic cell) and the pack; benchmarks/make_gpu_bundle.py packs all of it
@@ -299,6 +300,14 @@ def run_cell(args):
     if args.cell == "dynamic" and dynamic_reason is None:
         dynamic_reason = enable_dynamic_vram()
     cell = Cell(args)
+    from wanid_pack.nodes import hooks
+    offload_times, hand_back = [], hooks.offload_side_model
+
+    def timed_offload(patcher):  # what the first call waits on besides arithmetic: handing the side model back
+        seconds, _ = cell.timed(lambda: hand_back(patcher))
+        offload_times.append(seconds)
+
+    hooks.offload_side_model = timed_offload
     if cell.cuda and not torch.cuda.is_available():
         sys.exit("gpu_report: no CUDA device here; rehearse with --cpu --size tiny")
     weight_dtype = torch.bfloat16 if args.cell == "bf16" else torch.float8_e4m3fn
@@ -342,12 +351,14 @@ def run_cell(args):
             cb(patcher)
         options = sampler_options(patcher)
 
-        def call(context):
+        def call(context, latent=None):
             with torch.no_grad():
-                return patcher.model.diffusion_model(x, t, context, transformer_options=options)
+                return patcher.model.diffusion_model(x if latent is None else latent, t, context,
+                                                     transformer_options=options)
         return call
 
-    header = ("| method | step (s) | overhead | first call extra (s) | first extra / step | peak extra GiB "
+    header = ("| method | step (s) | overhead | first call extra (s) | of which side-model offload (s) "
+              "| first extra / step | peak extra GiB "
               "| steady extra GiB |")
     if lowvram:
         header += " resident GiB (of model) | vs full load (rel err) | effect vs full load (rel err) |"
@@ -366,7 +377,11 @@ def run_cell(args):
             load(patched)
             if name == "unpatched":
                 new_run(patched)(c)  # warm-up: the process's first kernels, not a method's cost
+            else:  # a small run first: this method's first kernels are a process's cost, not a run's
+                new_run(patched)(c, x[:, :, :1, :16, :16])
+                load(patched)
             cell.sync()
+            offloads = len(offload_times)
             before = cell.allocated()
             call = new_run(patched)
             cell.reset_peak()
@@ -378,9 +393,10 @@ def run_cell(args):
             if name == "unpatched":
                 unpatched.update(step=step, peak=peak, steady=steady)
                 base_out = out_first.float().cpu()
+            offload = sum(offload_times[offloads:])
             row = (f"| {name} | {step:.3f} | {100 * (step / unpatched['step'] - 1):+.1f}% | "
-                   f"{first - step:+.3f} | {(first - step) / step:.2f} | {peak - unpatched['peak']:+.2f} | "
-                   f"{steady - unpatched['steady']:+.2f} |")
+                   f"{first - step:+.3f} | {offload:.3f} | {(first - step) / step:.2f} | "
+                   f"{peak - unpatched['peak']:+.2f} | {steady - unpatched['steady']:+.2f} |")
             if lowvram:
                 res = resident_gib(patched, mm.get_torch_device().type)
                 total = patched.model_size() / 2**30
