@@ -262,7 +262,7 @@ def api_to_ui(api, object_info, notes=(), column_width=420, gap=40):
     for index, nid in enumerate(order):
         node = api[nid]
         schema = object_info[node["class_type"]]
-        inputs, widgets, multiline, n_extra = [], [], False, 0
+        inputs, linked_widgets, widgets, multiline, n_extra = [], [], [], False, 0
         target_links = iter(by_target.get(nid, []))
         for name, spec, required in input_specs(schema, node["inputs"]):
             value = node["inputs"].get(name)
@@ -281,10 +281,14 @@ def api_to_ui(api, object_info, notes=(), column_width=420, gap=40):
             if entry is None:
                 continue
             if is_link(value):
-                link = next(target_links)
-                link[4] = len(inputs)
-                entry["link"] = link[0]
-            inputs.append(entry)
+                entry["link"] = next(target_links)
+            (linked_widgets if "widget" in entry else inputs).append(entry)
+        # the editor puts a linked widget's socket after every plain socket (optional ones included)
+        inputs += linked_widgets
+        for slot, entry in enumerate(inputs):
+            if entry["link"] is not None:
+                entry["link"][4] = slot
+                entry["link"] = entry["link"][0]
         outputs = []
         for slot, (otype, oname) in enumerate(zip(schema.get("output", []), schema.get("output_name", []))):
             outputs.append({"name": oname, "type": otype, "links": outputs_links.get((nid, slot), []),
