@@ -5,6 +5,7 @@ signatures (SCRFD detector, ArcFace recognition) that the tests write, and a cli
     t1(), astronaut(), face_recognition_photos()                      more real faces
     dlib_embedding(image)             an independent judge: dlib's face descriptor
     write_scrfd(path), TinyArcFace, write_arcface(path), write_pack(folder)           the ONNX files
+    write_ir_se50(path)               Lynx's ArcFace IR-SE50 in facexlib's format
     bright_blocks(h, w, cells), write_blocks_video(path)              what the test SCRFD detects as a face
 """
 import functools
@@ -174,6 +175,32 @@ def write_arcface(path, batched=True):
     axes = {"input.1": {0: "n"}, "embedding": {0: "n"}} if batched else None
     torch.onnx.export(TinyArcFace().eval(), torch.zeros(1, 3, 112, 112), str(path), input_names=["input.1"],
                       output_names=["embedding"], dynamic_axes=axes, dynamo=False, opset_version=17)
+    return path
+
+
+def write_ir_se50(path, seed=0):
+    """A random IR-SE50 in facexlib's format (the state dict of facexlib's Backbone(50, 0.6, 'ir_se'), torch.save),
+    with non-trivial batch-norm statistics, as tests/test_lynx_arcface.py draws them; the caller's random state is
+    left as it was. Parent folders are created."""
+    from facexlib.recognition.arcface_arch import Backbone
+
+    from wanid.lynx.arcface import ArcFaceIRSE50
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        net = ArcFaceIRSE50()
+        for m in net.modules():
+            if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+                m.running_mean.normal_(0, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+                m.weight.data.uniform_(0.5, 1.5)
+                m.bias.data.normal_(0, 0.1)
+            if isinstance(m, nn.PReLU):
+                m.weight.data.uniform_(0.0, 0.5)
+    # the file has exactly facexlib's key names (facexlib is a test requirement)
+    assert set(Backbone(50, 0.6, "ir_se").state_dict()) == set(net.state_dict())
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    torch.save(net.state_dict(), path)
     return path
 
 

@@ -9,9 +9,8 @@ import os
 import numpy as np
 import pytest
 import torch
-import torch.nn as nn
 
-from face_files import TinyArcFace, carphone, write_arcface
+from face_files import TinyArcFace, carphone, write_arcface, write_ir_se50
 from wanid.face_clip import FaceClip
 from wanid.face.model_files import find_recognition_model
 from wanid.score import (CURVE, MEAN, NO_FACE, cosine_scores, mean_score, per_frame_json,
@@ -312,29 +311,6 @@ def test_node_with_a_face_clip_reference(insightface_dir, comfy_pack):
 
 # ------------------------------------------------------------------------------------------------- IR-SE50
 IR_SE50 = "recognition_arcface_ir_se50.pth"
-
-
-def write_ir_se50(path, seed=0):
-    """A random IR-SE50 in facexlib's format (the state dict of facexlib's Backbone(50, 0.6, 'ir_se'), torch.save),
-    with non-trivial batch-norm statistics, as tests/test_lynx_arcface.py draws them."""
-    from wanid.lynx.arcface import ArcFaceIRSE50
-
-    torch.manual_seed(seed)
-    net = ArcFaceIRSE50()
-    for m in net.modules():
-        if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
-            m.running_mean.normal_(0, 0.1)
-            m.running_var.uniform_(0.5, 1.5)
-            m.weight.data.uniform_(0.5, 1.5)
-            m.bias.data.normal_(0, 0.1)
-        if isinstance(m, nn.PReLU):
-            m.weight.data.uniform_(0.0, 0.5)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    torch.save(net.state_dict(), path)
-    # the file has exactly facexlib's key names (facexlib is a test requirement)
-    from facexlib.recognition.arcface_arch import Backbone
-    assert set(Backbone(50, 0.6, "ir_se").state_dict()) == set(net.state_dict())
-    return path
 
 
 @pytest.fixture()

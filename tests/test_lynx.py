@@ -282,11 +282,11 @@ def test_loader_and_apply_nodes(tmp_path, base, lynx):
     lynx_patch, checkpoint = lynx
     import folder_paths
     from wanid_pack.nodes import lynx as nodes
-    from wanid_pack.wanid.lynx.arcface import ArcFaceIRSE50, embed_aligned, load_arcface
+    from face_files import write_ir_se50
+    from wanid_pack.wanid.lynx.arcface import embed_aligned, load_arcface
     for variant in ("full", "lite"):
         lynx_files.write_lynx(tmp_path / "lynx" / f"lynx_{variant}", variant, dim=DIM, layers=LAYERS)
-    (tmp_path / "facexlib").mkdir()
-    torch.save(ArcFaceIRSE50().state_dict(), tmp_path / "facexlib" / nodes.ARCFACE_FILE)
+    write_ir_se50(tmp_path / "facexlib" / nodes.ARCFACE_FILE)
     folder_paths.add_model_folder_path("lynx", str(tmp_path / "lynx"), is_default=True)
     folder_paths.add_model_folder_path("facexlib", str(tmp_path / "facexlib"), is_default=True)
     assert {"lynx_full", "lynx_lite"} <= set(nodes.lynx_folders())

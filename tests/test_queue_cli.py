@@ -16,26 +16,9 @@ import pytest
 
 import wanid_testing
 from comfy_server import comfy_server  # noqa: F401  (fixture used by `server`)
-from workflow_files import FOLDER, load, server, tiny_for  # noqa: F401  (server is a fixture)
+from cli_runner import cli_command, run_cli, write
+from workflow_files import FOLDER, check_video, load, server, tiny_for  # noqa: F401  (server is a fixture)
 from wanid.cli import workflow as wf
-
-
-def cli_command(*args):
-    env = dict(os.environ, PYTHONPATH=str(wanid_testing.REPO), PYTHONIOENCODING="utf-8")
-    return [sys.executable, "-m", "wanid", "queue", *map(str, args)], env
-
-
-def run_cli(*args, timeout=300, cwd=wanid_testing.REPO):
-    cmd, env = cli_command(*args)
-    r = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
-    assert "Traceback" not in r.stderr, r.stderr  # every error is a message, never a raw traceback
-    return r
-
-
-def write(tmp_path, name, api):
-    path = tmp_path / f"{name}.json"
-    path.write_text(json.dumps(api), encoding="utf-8")
-    return path
 
 
 @pytest.fixture
@@ -105,14 +88,6 @@ def test_unreachable_server_exits_1():
 
 
 # ---- real server
-
-def check_video(path, frames, size):
-    import av
-
-    with av.open(str(path)) as c:
-        decoded = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
-    assert len(decoded) == frames and decoded[0].shape[:2] == size
-
 
 @pytest.mark.integration
 def test_success_uploads_shows_progress_and_downloads(server, tmp_path):

@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import save_file
 
 from comfy_server import comfy_server  # noqa: F401  (session fixture: the real server)
-from face_files import write_pack
+from face_files import write_ir_se50, write_pack
 from standin_files import standin_state_dict
 from wanid.model_inputs import pack_folders
 
@@ -168,11 +168,11 @@ def write_lynx_folders(models_dir):
     """lynx/lynx_full, lynx/lynx_lite (official formats, random weights, a 2-block Wan of dim 256) and a random
     IR-SE50 in facexlib's format."""
     import lynx_files
-    from wanid.lynx.arcface import ARCFACE_FILE, ArcFaceIRSE50
+    from wanid.lynx.arcface import ARCFACE_FILE
 
     lynx_files.write_lynx(models_dir / "lynx" / "lynx_full", "full", dim=256, layers=2)
     lynx_files.write_lynx(models_dir / "lynx" / "lynx_lite", "lite", dim=256, layers=4)
-    torch.save(ArcFaceIRSE50().state_dict(), models_dir / "facexlib" / ARCFACE_FILE)
+    write_ir_se50(models_dir / "facexlib" / ARCFACE_FILE)
 
 
 def test_lynx_and_facexlib_files_are_read_by_the_loaders(node_module, report_module, models_dir, monkeypatch):

@@ -12,7 +12,7 @@ from comfy_server import comfy_server  # noqa: F401  (comfy_server is a fixture)
 from wanid.cli import templates
 from wanid.cli import workflow as wf
 from wanid.model_inputs import FILE_INPUTS
-from workflow_files import FOLDER, SLOT, load, server, slot_server, tiny_for  # noqa: F401  (fixtures)
+from workflow_files import FOLDER, SLOT, check_video, load, server, slot_server, tiny_for  # noqa: F401  (fixtures)
 
 NAMES = sorted(templates.WORKFLOWS)
 GENERATION = [n for n in NAMES if n != "face_crop_parse"]
@@ -290,14 +290,6 @@ def test_template_browser_lists_the_ui_workflows(comfy_server):
 
 
 # ---- tiny end-to-end variants
-
-def check_video(path, frames, size):
-    import av
-
-    with av.open(str(path)) as c:
-        decoded = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
-    assert len(decoded) == frames and decoded[0].shape[:2] == size
-
 
 @pytest.mark.integration
 @pytest.mark.parametrize("name", [n for n in NAMES if n not in SLOT])

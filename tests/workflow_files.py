@@ -4,6 +4,7 @@
     server, slot_server              fixtures: the shared server with the variants' models (slot_server adds the
                                      Slot-ID ones, and removes its face models afterwards)
     tiny_variant(api, video, ...), tiny_for(server, name)    a workflow on test-sized models and inputs
+    check_video(path, frames, size)  a video a variant saved: its frame count and size
 
 Tiny variants keep each graph and swap what cannot run here: the tiny Wan for the 14B models,
 the test conditioning node for umT5 + CLIPTextEncode, 32x32x5 latents and 2 steps, test Stand-In / Slot-ID
@@ -91,17 +92,13 @@ def write_pose_video(path, frames=6, width=38, height=36):
 
 def write_lynx_models(models_dir):
     """lynx/<LYNX_FOLDER>/ (lynx_full's three files, sized for the tiny Wan) and facexlib/<LYNX_ARCFACE>."""
-    import torch
-
     import lynx_files
-    from wanid.lynx.arcface import ArcFaceIRSE50
+    from face_files import write_ir_se50
 
     lynx_files.write_lynx(models_dir / "lynx" / LYNX_FOLDER, "full", dim=128, layers=2)
     arcface = models_dir / "facexlib" / LYNX_ARCFACE
     if not arcface.exists():
-        arcface.parent.mkdir(parents=True, exist_ok=True)
-        torch.manual_seed(0)
-        torch.save(ArcFaceIRSE50().state_dict(), arcface)  # the key names of facexlib's Backbone(50, 'ir_se')
+        write_ir_se50(arcface)
 
 
 @pytest.fixture(scope="module")
@@ -194,3 +191,11 @@ def tiny_for(srv, name):
     if name in SLOT:
         return tiny_variant(load(name), srv.blocks, detector="antelopev2", prefix=f"wanid_test/wf_{name}")
     return tiny_variant(load(name), srv.carphone, prefix=f"wanid_test/wf_{name}", pose=getattr(srv, "pose", None))
+
+
+def check_video(path, frames, size):
+    import av
+
+    with av.open(str(path)) as c:
+        decoded = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+    assert len(decoded) == frames and decoded[0].shape[:2] == size
