@@ -23,8 +23,11 @@ class WanIDVaceReferencePrep(io.ComfyNode):
                                        "official script passes the same photo Stand-In gets."),
             ],
             outputs=[
-                io.Image.Output("control_video", tooltip="The cropped frames, 4k+1 of them."),
-                io.Image.Output("reference_image", tooltip="The photo fitted on white at the video's size."),
+                # output ids differ from the input ids (older ComfyUI refuses a shared id); names as shown
+                io.Image.Output("prepared_video", display_name="control_video",
+                                tooltip="The cropped frames, 4k+1 of them."),
+                io.Image.Output("prepared_reference", display_name="reference_image",
+                                tooltip="The photo fitted on white at the video's size."),
                 io.Int.Output("width"),
                 io.Int.Output("height"),
                 io.Int.Output("length", tooltip="Frames kept (4k+1)."),

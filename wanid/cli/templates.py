@@ -27,6 +27,7 @@ API_FOLDER = FOLDER / "api"
 
 # Model files, as the README documents them (folder under ComfyUI/models, file name).
 WAN21_T2V = "wan2.1_t2v_14B_fp8_e4m3fn.safetensors"
+WAN21_VACE = "wan2.1_vace_14B_fp16.safetensors"  # ComfyUI's repackaged Wan 2.1 VACE 14B
 WAN22_HIGH = "wan2.2_t2v_high_noise_14B_fp8_scaled.safetensors"
 WAN22_LOW = "wan2.2_t2v_low_noise_14B_fp8_scaled.safetensors"
 UMT5 = "umt5_xxl_fp8_e4m3fn_scaled.safetensors"
@@ -41,6 +42,9 @@ LYNX_REFERENCE_TEXT = "image of a face"  # the text the official code passes the
 # Face Crop / Parse's parser_model in the shipped files: "auto" uses BiSeNet (the official background whitening)
 # when it is installed and runs without it otherwise, since the README calls it optional.
 REFERENCE = "reference.mp4"  # placeholder: the user's clip (uploaded with the node's button or --reference)
+POSE_VIDEO = "pose.mp4"  # placeholder: VACE's pose / depth video (LoadVideo's upload button, or --video)
+# Official Stand-In + VACE (infer_with_vace.py): vace_scale 0.8; its reference image is the same photo as ip_image.
+VACE_STRENGTH = 0.8
 
 POSITIVE = ("A man sits at a desk facing the camera and talks as if on a video call with friends, smiling "
             "naturally. Warm indoor light; behind him a tidy shelf with photos and a world map on the wall.")
@@ -217,6 +221,40 @@ def lynx_wan21():
     return g.nodes
 
 
+def standin_vace_pose_wan21():
+    """The official Stand-In + VACE (infer_with_vace.py): the photo's face through Stand-In, the pose video and the
+    same photo through VACE, their inputs prepared as the official pipeline does (WanIDVaceReferencePrep: the
+    video cropped to multiples of 16 and 4k+1 frames, the photo letterboxed on white), then core WanVaceToVideo at
+    the prepared size; the reference frame VACE adds in front is trimmed before decoding."""
+    g = Graph()
+    unet = g.add("UNETLoader", "Load Wan 2.1 VACE 14B", unet_name=WAN21_VACE, weight_dtype="default")
+    vae = g.add("VAELoader", None, vae_name=WAN_VAE)
+    pos, neg = _text(g)
+    photo = g.add("WanIDReferenceClipLoader", "Reference clip", video=REFERENCE, num_frames=1, start_time=0.0,
+                  duration=0.0, stride=0, max_side=1024)
+    face = g.add("WanIDFaceCropParse", None, images=out(photo, 0), detector="auto", face_choice="largest",
+                 face_index=0, on_no_face="error", label_set="official", parser_model=AUTO_PARSER,
+                 provider="auto", fallback="keep_all", normalization="official")
+    patched = _standin(g, unet, STANDIN_21, face, vae, "Stand-In")
+    model = g.add("ModelSamplingSD3", None, model=out(patched), shift=SHIFT)
+    pose = g.add("LoadVideo", "Target video (pose)", file=POSE_VIDEO)
+    parts = g.add("GetVideoComponents", None, video=out(pose))
+    prep = g.add("WanIDVaceReferencePrep", None, control_video=out(parts, 0), reference_image=out(photo, 0))
+    vace = g.add("WanVaceToVideo", None, positive=out(pos), negative=out(neg), vae=out(vae), width=out(prep, 2),
+                 height=out(prep, 3), length=out(prep, 4), batch_size=1, strength=VACE_STRENGTH,
+                 control_video=out(prep, 0), reference_image=out(prep, 1))
+    samples = g.add("KSampler", None, model=out(model), positive=out(vace, 0), negative=out(vace, 1),
+                    latent_image=out(vace, 2), seed=SEED, steps=STEPS, cfg=CFG, sampler_name="euler",
+                    scheduler="simple", denoise=1.0)
+    # titled: its display name differs between ComfyUI versions
+    trimmed = g.add("TrimVideoLatent", "Drop VACE's reference frame", samples=out(samples), trim_amount=out(vace, 3))
+    images = g.add("VAEDecode", None, samples=out(trimmed), vae=out(vae))
+    video = g.add("CreateVideo", None, images=out(images), fps=out(parts, 2))
+    g.add("SaveVideo", None, video=out(video), filename_prefix="WanIdentity/standin_vace_pose_wan21", format="auto",
+          codec="auto")
+    return g.nodes
+
+
 def face_preprocess():
     g = Graph()
     _, face = _face(g)
@@ -230,6 +268,7 @@ def face_preprocess():
 
 
 _MODELS = {  # (model input, what the note lists): the folder is the one of the table of model inputs
+    "wan21vace": [("unet_name", WAN21_VACE)],
     "wan21": [("unet_name", WAN21_T2V)],
     "wan22": [("unet_name", WAN22_HIGH), ("unet_name", WAN22_LOW)],
     "text": [("clip_name", UMT5), ("vae_name", WAN_VAE)],
@@ -285,6 +324,19 @@ WORKFLOWS = {
               "adapter). Official defaults: 832x480, 81 frames, 50 steps, cfg 5. lynx_lite: pick it in Lynx "
               "Loader (ID adapter only; VAE and reference text are then unused).",
               "wan21", "text", "lynx", "face")),
+    "standin_vace_pose_wan21_14b": (
+        standin_vace_pose_wan21,
+        _note("**Stand-In + VACE**, pose-guided, on native **Wan 2.1 VACE 14B**, as the official infer_with_vace.py: "
+              "the face of the reference (a photo, or the first frame of a clip) joins self-attention through "
+              "Stand-In, and VACE follows the *Target video (pose)* (a pose or depth video) and keeps the photo as "
+              "its reference image (strength 0.8). VACE Inputs prepares both as the official pipeline does (video "
+              "cropped to multiples of 16 and 4k+1 frames, the photo scaled to fit and letterboxed on white) and "
+              "sets WanVaceToVideo's size and length; WanVaceToVideo alone would resize the video and crop the "
+              "photo to fill the frame, which cuts off the parts of a photo of another shape. Official defaults: "
+              "20 steps, cfg 5, shift 5.", "wan21vace", "text", "standin21", "face",
+              extra="**Pose video**: upload it in *Target video (pose)* (headless: `--video pose.mp4`; 480x832 "
+                    "and 81 frames are what Wan is made for). Stand-In does not touch the VACE blocks; the hints "
+                    "reach only the video tokens, as in the official code.")),
     "face_crop_parse": (
         face_preprocess,
         _note("**Face preprocessing alone**: the reference clip's frames, face crops on white (what Stand-In "
