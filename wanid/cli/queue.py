@@ -5,13 +5,14 @@
 
 Steps: load the workflow (API format; a UI workflow is converted with the server's node schemas), upload the
 reference (a video goes to every Reference Clip Loader, an image to LoadImage or, without one, into the clip
-loaders' `images` input), write the prompt into the positive text encoder (the node titled "Positive...", else
-the one feeding the samplers' positive input), apply --set and --seed, check the workflow against the server
-(every --set input exists on its node; every input file and model file the workflow names is on the server or
-being uploaded), queue it, show the server's progress, download what the output nodes saved into --out (the
-current folder by default; a file already there is kept and the new one gets a free name, "-2", "-3"... added,
-unless --force). On --timeout or Ctrl-C the prompt is cancelled on the server: removed from the queue while it
-waits, interrupted while it runs (only this prompt: another one running is left alone).
+loaders' `images` input) and, with --video, the video the workflow works on (face swap's target, VACE's pose
+video: the loader titled "Target video..."), write the prompt into the positive text encoder (the node titled
+"Positive...", else the one feeding the samplers' positive input), apply --set and --seed, check the workflow
+against the server (every --set input exists on its node; every input file and model file the workflow names is
+on the server or being uploaded), queue it, show the server's progress, download what the output nodes saved into
+--out (the current folder by default; a file already there is kept and the new one gets a free name, "-2",
+"-3"... added, unless --force). On --timeout or Ctrl-C the prompt is cancelled on the server: removed from the
+queue while it waits, interrupted while it runs (only this prompt: another one running is left alone).
 
 Exit status: 0 done; 1 the run failed on the server (its error message is printed), the server could not be
 reached, or --timeout passed (the prompt is cancelled); 2 bad arguments (a bad --server URL or --timeout, a
@@ -166,7 +167,8 @@ def missing_files(api, object_info, client, uploaded=()):
                     continue
                 problems.append(
                     f"  {where}: {value!r} is not on the server (never uploaded to its input folder, or removed); "
-                    f"give the file with --reference FILE (uploaded for you), upload it in ComfyUI, or "
+                    f"give the file with {'--video' if wf.is_target_video(node) else '--reference'} FILE "
+                    f"(uploaded for you), upload it in ComfyUI, or "
                     f"--set {nid}.{name}=NAME with a file that is there")
             elif name in MODEL_INPUTS:
                 row = MODEL_INPUTS[name]
@@ -239,6 +241,13 @@ def build_prompt(args, client, log):
         name, kind = upload_input(client, args.reference, "--reference", args.dry_run)
         uploaded.add(name)
         log(f"reference {name!r} -> node(s) {', '.join(wf.set_reference(api, name, kind))}")
+    if args.video:
+        name, kind = upload_input(client, args.video, "--video", args.dry_run)
+        if kind != "video":
+            raise wf.WorkflowError(f"--video {args.video}: an image; give the target video "
+                                   f"({', '.join(sorted(wf.VIDEO_EXTS))}), and a photo with --reference")
+        uploaded.add(name)
+        log(f"video {name!r} -> node(s) {', '.join(wf.set_video(api, name))}")
     if args.prompt is not None:
         log(f"prompt -> node(s) {', '.join(wf.set_prompt(api, args.prompt, 'positive'))}")
     if args.negative is not None:
@@ -379,6 +388,8 @@ def parser():
                                      "UI workflows are converted)")
     ap.add_argument("--server", default="http://127.0.0.1:8188", help="ComfyUI URL (default %(default)s)")
     ap.add_argument("--reference", help="reference clip (video) or photo to upload and use")
+    ap.add_argument("--video", help="the video the workflow works on (face swap's target, VACE's pose video) to "
+                                    "upload and set on its 'Target video' loader")
     ap.add_argument("--prompt", help="positive prompt text")
     ap.add_argument("--negative", help="negative prompt text (default: the workflow's)")
     ap.add_argument("--set", action="append", metavar="NODE.INPUT=VALUE",
