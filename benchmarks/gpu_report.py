@@ -57,6 +57,9 @@ def parse_args(argv=None):
     ap.add_argument("--width", type=int, default=None, help="default 832 (96 with --cpu)")
     ap.add_argument("--budget-gib", type=float, default=8.0, help="weights on the GPU in the lowvram cell")
     ap.add_argument("--limit-scale", type=float, default=1.0, help="multiply every cell's time limit")
+    ap.add_argument("--limit", nargs="*", default=[], metavar="CELL=SECONDS", help="one cell's own time limit")
+    ap.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS,
+                    help="rows of the method cells (unpatched always runs: the baseline)")
     ap.add_argument("--cell", default=None, help=argparse.SUPPRESS)  # internal: run one cell in this process
     args = ap.parse_args(argv)
     big = not args.cpu
@@ -70,12 +73,27 @@ def parse_args(argv=None):
 
 # --- the parent: one process per cell ------------------------------------------------------------------------------
 
+def cell_arguments(argv):
+    """The command line without the parent's own options (--cells, --limit and their values)."""
+    out, skip = [], False
+    for a in argv:
+        if a in ("--cells", "--limit"):
+            skip = True
+            continue
+        if skip and not a.startswith("--"):
+            continue
+        skip = False
+        out.append(a)
+    return out
+
+
 def run_cells(args, argv):
-    passthrough = [a for a in argv if a not in args.cells and a != "--cells"]
+    passthrough = cell_arguments(argv)
+    limits = dict(item.split("=", 1) for item in args.limit)
     summary = []
     start = time.perf_counter()
     for cell in args.cells:
-        limit = CELLS[cell] * args.limit_scale * (3 if args.cpu else 1)
+        limit = float(limits[cell]) if cell in limits else CELLS[cell] * args.limit_scale * (3 if args.cpu else 1)
         cmd = [sys.executable, "-u", str(HERE / "gpu_report.py"), "--cell", cell, *passthrough]
         if cell == "host":
             cmd = [sys.executable, "-u", str(HERE / "gpu_host_check.py"), "--size", "tiny"] + \
@@ -366,7 +384,7 @@ def run_cell(args):
     full_outputs = {}
     unpatched = {}
     failed = 0
-    for name in METHODS:
+    for name in [m for m in METHODS if m in args.methods or m == "unpatched"]:  # the baseline always
         try:
             made = builders[name](base)
             patched, context = made if isinstance(made, tuple) else (made, None)
