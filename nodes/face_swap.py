@@ -40,7 +40,7 @@ class WanIDFaceSwapPrepare(io.ComfyNode):
                 io.Float.Input("flip_chance", default=0.0, min=0.0, max=1.0, step=0.01,
                                tooltip="Box paste only: chance to mirror the reference per frame (the official "
                                        "script uses 0.05, unseeded); drawn from seed."),
-                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFF, control_after_generate=False,
+                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFF,
                              tooltip="Seed of the flips."),
                 io.Boolean.Input("match_angle_and_size", default=True, optional=True,
                                  tooltip="On (official): the face follows the frame's landmarks (rotation, scale). "

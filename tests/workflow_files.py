@@ -163,14 +163,16 @@ def tiny_variant(api, video, detector="retinaface_mobilenet", prefix="wanid_test
                 ins["reference_image"] = [scale, 0]
         elif ct == "WanIDReferenceClipLoader":
             ins.update(video=video, num_frames=min(ins.get("num_frames", 4), 4), max_side=256)
-        elif ct == "LoadVideo":  # the face swap's target video: the clip, its first 5 frames (4k+1) swapped
-            ins["file"] = video
+        elif ct == "LoadVideo":  # the face swap's target video: the clip's first 5 frames (4k+1), cut to 80x96
+            ins["file"] = video   # around the face (the real VAE on 176x144 frames takes minutes on CPU)
         elif ct == "WanIDFaceSwapPrepare":
-            first = str(next_id)
-            next_id += 1
+            first, cut = str(next_id), str(next_id + 1)
+            next_id += 2
             api[first] = {"class_type": "ImageFromBatch", "inputs": {"image": ins["frames"], "batch_index": 0,
                                                                      "length": 5}}
-            ins.update(frames=[first, 0], detector=detector, parser_model="none (fallback)", provider="CPU")
+            api[cut] = {"class_type": "ImageCrop", "inputs": {"image": [first, 0], "width": 80, "height": 96,
+                                                              "x": 48, "y": 16}}
+            ins.update(frames=[cut, 0], detector=detector, parser_model="none (fallback)", provider="CPU")
         elif ct == "WanIDFlowMatchSigmas":
             ins["steps"] = 2
         elif ct == "WanIDFaceCropParse":

@@ -45,6 +45,10 @@ REFERENCE = "reference.mp4"  # placeholder: the user's clip (uploaded with the n
 POSE_VIDEO = "pose.mp4"  # placeholder: VACE's pose / depth video (LoadVideo's upload button, or --video)
 # Official Stand-In + VACE (infer_with_vace.py): vace_scale 0.8; its reference image is the same photo as ip_image.
 VACE_STRENGTH = 0.8
+TARGET_VIDEO = "target.mp4"  # placeholder: the face swap's target video (LoadVideo's upload button)
+# Official face swap (infer_face_swap.py): denoising_strength 0.85 over the official 20-step, shift-5 schedule.
+FACE_SWAP_DENOISE = 0.85
+FACE_SWAP_FPS = 25.0  # infer_face_swap.py's --fps (set it to the target video's rate)
 
 POSITIVE = ("A man sits at a desk facing the camera and talks as if on a video call with friends, smiling "
             "naturally. Warm indoor light; behind him a tidy shelf with photos and a world map on the wall.")
@@ -221,6 +225,43 @@ def lynx_wan21():
     return g.nodes
 
 
+def standin_faceswap_wan21():
+    """The official Stand-In face swap: the photo's face pasted onto the target video (VideoMaskGenerator), the
+    pasted frames encoded, the background held by the official hard latent mask, sampled from 0.85 on the official
+    schedule (SamplerCustom: KSampler's denoise cannot give the official 20-step list) with Stand-In."""
+    g = Graph()
+    unet = g.add("UNETLoader", "Load Wan 2.1 T2V 14B", unet_name=WAN21_T2V, weight_dtype="default")
+    vae = g.add("VAELoader", None, vae_name=WAN_VAE)
+    pos, neg = _text(g)
+    photo = g.add("WanIDReferenceClipLoader", "Reference clip", video=REFERENCE, num_frames=1, start_time=0.0,
+                  duration=0.0, stride=0, max_side=1024)
+    face = g.add("WanIDFaceCropParse", None, images=out(photo, 0), detector="auto", face_choice="largest",
+                 face_index=0, on_no_face="error", label_set="official", parser_model=AUTO_PARSER,
+                 provider="auto", fallback="keep_all", normalization="official")
+    target = g.add("LoadVideo", "Target video", file=TARGET_VIDEO)
+    parts = g.add("GetVideoComponents", None, video=out(target))
+    swap = g.add("WanIDFaceSwapPrepare", None, frames=out(parts, 0), face=out(face, 6), face_alpha=out(face, 1),
+                 detector="auto", confidence_threshold=0.5, flip_chance=0.0, seed=0, match_angle_and_size=True,
+                 face_crop_scale=1.5, dilation_kernel_size=10, feather_amount=21, parser_model=AUTO_PARSER,
+                 provider="auto")
+    g.add("PreviewImage", "Pasted faces (red = mask)", images=out(swap, 3))
+    patched = _standin(g, unet, STANDIN_21, face, vae, "Stand-In")
+    model = g.add("ModelSamplingSD3", None, model=out(patched), shift=SHIFT)
+    encoded = g.add("VAEEncode", None, pixels=out(swap, 0), vae=out(vae))
+    masked = g.add("SetLatentNoiseMask", "Keep the background (official hard mask)", samples=out(encoded),
+                   mask=out(swap, 2))
+    sigmas = g.add("WanIDFlowMatchSigmas", None, steps=STEPS, denoise=FACE_SWAP_DENOISE, shift=SHIFT)
+    sampler = g.add("KSamplerSelect", None, sampler_name="euler")
+    samples = g.add("SamplerCustom", None, model=out(model), add_noise=True, noise_seed=SEED, cfg=CFG,
+                    positive=out(pos), negative=out(neg), sampler=out(sampler), sigmas=out(sigmas),
+                    latent_image=out(masked))
+    images = g.add("VAEDecode", None, samples=out(samples), vae=out(vae))
+    video = g.add("CreateVideo", None, images=out(images), fps=FACE_SWAP_FPS)
+    g.add("SaveVideo", None, video=out(video), filename_prefix="WanIdentity/standin_faceswap_wan21", format="auto",
+          codec="auto")
+    return g.nodes
+
+
 def standin_vace_pose_wan21():
     """The official Stand-In + VACE (infer_with_vace.py): the photo's face through Stand-In, the pose video and the
     same photo through VACE, their inputs prepared as the official pipeline does (WanIDVaceReferencePrep: the
@@ -324,6 +365,17 @@ WORKFLOWS = {
               "adapter). Official defaults: 832x480, 81 frames, 50 steps, cfg 5. lynx_lite: pick it in Lynx "
               "Loader (ID adapter only; VAE and reference text are then unused).",
               "wan21", "text", "lynx", "face")),
+    "standin_faceswap_wan21_t2v_14b": (
+        standin_faceswap_wan21,
+        _note("**Stand-In face swap** on native **Wan 2.1 T2V 14B** (fp8), as the official infer_face_swap.py: "
+              "the face of the reference (a photo, or the first frame of a clip) is pasted onto the largest face "
+              "of every frame of the *Target video* (Stand-In Face Swap Prepare: crop to multiples of 16, 4k+1 "
+              "frames), the pasted frames are encoded, and Stand-In regenerates them from denoise 0.85 on the "
+              "official schedule (Stand-In Flow Match Sigmas: 20 steps, shift 5; cfg 5), the background held "
+              "by the official hard latent mask (force_background_consistency; bypass *Keep the background* for "
+              "the official default, which regenerates the whole frame).", "wan21", "text", "standin21", "face",
+              extra="**Target video**: upload it in *Target video* (480x832 is what Wan is made for; 81 frames "
+                    "are 4k+1). Describe the video in the prompt.")),
     "standin_vace_pose_wan21_14b": (
         standin_vace_pose_wan21,
         _note("**Stand-In + VACE**, pose-guided, on native **Wan 2.1 VACE 14B**, as the official infer_with_vace.py: "
