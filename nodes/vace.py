@@ -28,8 +28,8 @@ class WanIDVaceReferencePrep(io.ComfyNode):
                                 tooltip="The cropped frames, 4k+1 of them."),
                 io.Image.Output("prepared_reference", display_name="reference_image",
                                 tooltip="The photo fitted on white at the video's size."),
-                io.Int.Output("width"),
-                io.Int.Output("height"),
+                io.Int.Output("width", tooltip="The cropped video's width (a multiple of 16)."),
+                io.Int.Output("height", tooltip="The cropped video's height (a multiple of 16)."),
                 io.Int.Output("length", tooltip="Frames kept (4k+1)."),
             ],
         )
