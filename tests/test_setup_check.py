@@ -78,7 +78,8 @@ def comfyui_version():
     ("0.3.64", "OK", "ComfyUI 0.3.64 (tested 0.3.64 to 0.33.0)", ""),
     ("0.9.2", "OK", "ComfyUI 0.9.2 (tested 0.3.64 to 0.33.0)", ""),
     ("0.33.0", "OK", "ComfyUI 0.33.0 (tested 0.3.64 to 0.33.0)", ""),
-    ("0.38.1", "WARN", "ComfyUI 0.38.1 is newer than the newest tested (0.33.0", "report it with this version"),
+    ("0.38.1", "WARN", "ComfyUI 0.38.1 is newer than the newest tested (0.33.0; tested 0.3.64 to 0.33.0; 0.34-0.38's "
+     "Model Sparse Attention,", "report it with this version"),
     ("1.0.0", "WARN", "ComfyUI 1.0.0 is newer than the newest tested", "use ComfyUI 0.33.0 meanwhile"),
     ("unknown", "WARN", "ComfyUI version unknown", "update ComfyUI to 0.3.64 or newer"),
 ])

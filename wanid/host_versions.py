@@ -3,6 +3,11 @@
 MIN_SUPPORTED = "0.3.59"   # the oldest with the hooks Stand-In needs (DIFFUSION_MODEL wrappers, attention override)
 OLDEST_TESTED = "0.3.64"
 NEWEST_TESTED = "0.33.0"
+# Newer hosts cannot be installed here: what their published code does differently is emulated on NEWEST_TESTED.
+NEWER_EMULATED = "0.34-0.38"
+EMULATED = ("Model Sparse Attention", "single-use attention containers", "per-module preferred attention",
+            "Model Attention Backend", "container_function overrides", "per-block overrides placed before the pack",
+            "the .json-only template route")
 
 OK, WARN = "OK", "WARN"
 UPDATE = "update ComfyUI (git pull, or the Manager's Update ComfyUI)"
@@ -30,7 +35,8 @@ def classify(version, min_version=MIN_SUPPORTED):
         return WARN, f"ComfyUI {version} is untested (older than {OLDEST_TESTED}; {tested})", \
             f"if a Wan Identity node fails, {UPDATE}"
     if v > version_tuple(NEWEST_TESTED):
-        return WARN, f"ComfyUI {version} is newer than the newest tested ({NEWEST_TESTED}; {tested})", \
+        return WARN, (f"ComfyUI {version} is newer than the newest tested ({NEWEST_TESTED}; {tested}; "
+                      f"{NEWER_EMULATED}'s {', '.join(EMULATED)} emulated on {NEWEST_TESTED})"), \
             (f"it should work; if a Wan Identity node fails, report it with this version and the error, and use "
              f"ComfyUI {NEWEST_TESTED} meanwhile")
     return OK, f"ComfyUI {version} ({tested})", ""
