@@ -7,7 +7,8 @@ writes gpu_bundle/wanid-gpu.tar.xz (git-ignored; about 50 MB), holding under wan
   pack/     this pack's files (git ls-files: tracked and untracked-not-ignored)
   comfyui/  the ComfyUI tree without comfy_api_nodes/, blueprints/, tests*/, runpod_worker/, .git, models, caches
   site/     cp312 manylinux wheels of the ComfyUI 0.33 requirements a bare GPU machine lacks (av, comfy-kitchen,
-            comfy-aimdo), unpacked; comfy-kitchen's AMD build (backends/hip) dropped
+            comfy-aimdo: its native wheel, with aimdo.so), unpacked; the AMD builds (comfy-kitchen's backends/hip,
+            aimdo_rocm.so) dropped
   run.sh    sets PYTHONPATH, COMFYUI_PATH, PYTHONUNBUFFERED and runs benchmarks/gpu_report.py with its arguments
 The wheels come from --wheels (a folder holding them) or from `pip download` (needs the package index once, here).
 On the GPU machine (the device tool carries gpu_bundle/ with `carry`):
@@ -61,14 +62,21 @@ def wheels(folder):
         folder = Path(tempfile.mkdtemp(prefix="wanid-wheels-"))
         subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
                         "--python-version", "3.12", "--implementation", "cp",
-                        "--platform", "manylinux_2_28_x86_64", "-d", str(folder), *WHEELS], check=True)
+                        # comfy-aimdo's native build is tagged manylinux_2_17: with manylinux_2_28 alone pip
+                        # takes its pure-Python wheel, whose init() finds no aimdo.so (no dynamic VRAM)
+                        "--platform", "manylinux_2_28_x86_64", "--platform", "manylinux_2_17_x86_64",
+                        "--platform", "manylinux2014_x86_64", "-d", str(folder), *WHEELS], check=True)
     found = []
     for spec in WHEELS:
         name = spec.split("==")[0].replace("-", "_")
-        match = sorted(Path(folder).glob(f"{name}-{spec.split('==')[1]}-*.whl"))
+        match = sorted(Path(folder).glob(f"{name}-{spec.split('==')[1]}-*.whl"), key=lambda p: "none-any" in p.name)
         if not match:
             sys.exit(f"--wheels {folder}: no wheel for {spec} there (expected {name}-...whl)")
         found.append(match[0])
+    aimdo = next(w for w in found if w.name.startswith("comfy_aimdo"))
+    if "comfy_aimdo/aimdo.so" not in zipfile.ZipFile(aimdo).namelist():
+        sys.exit(f"{aimdo.name} has no comfy_aimdo/aimdo.so (the pure-Python wheel): dynamic VRAM would not start. "
+                 "Use its manylinux wheel (pip download --platform manylinux_2_17_x86_64 comfy-aimdo==0.4.13).")
     return found
 
 
@@ -95,7 +103,8 @@ def main():
         for wheel in wheels(args.wheels):
             with zipfile.ZipFile(wheel) as z:
                 for member in z.infolist():
-                    if member.is_dir() or "/backends/hip/" in f"/{member.filename}":
+                    if member.is_dir() or "/backends/hip/" in f"/{member.filename}" or \
+                            member.filename.endswith("aimdo_rocm.so"):  # the AMD builds
                         continue
                     mode = 0o755 if member.filename.endswith(".so") or ".so." in member.filename else 0o644
                     add_bytes(f"site/{member.filename}", z.read(member), mode)
