@@ -79,6 +79,27 @@ def test_merged_attention_declines_where_sdpa_has_no_log_sum_exp(monkeypatch):
     assert attend_merged(q, k, v, k_ref, v_ref, 2, 1.0) is None  # the math kernel: the caller concatenates
 
 
+def test_a_kernel_that_refuses_the_merge_leaves_the_concatenation(monkeypatch, caplog):
+    """Should a fused kernel of some torch build refuse the merge's inputs (its own checks), the patch says so once
+    and concatenates on that device and dtype from then on: the same result, never an error."""
+    from wanid.standin import reference_branch
+    monkeypatch.setattr(reference_branch, "_REFUSED", set())
+    calls = []
+
+    def refusing(*args, **kwargs):
+        calls.append(1)
+        raise RuntimeError("key batch stride must be non-zero")
+
+    monkeypatch.setattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", refusing)
+    q = k = v = torch.randn(2, 10, 64)
+    k_ref = v_ref = torch.randn(1, 3, 64)
+    with caplog.at_level("WARNING"):
+        assert attend_merged(q, k, v, k_ref, v_ref, 2) is None
+        assert attend_merged(q, k, v, k_ref, v_ref, 2) is None
+    assert len(calls) == 1, "asked once per device and dtype"
+    assert sum("concatenated keys instead" in r.getMessage() for r in caplog.records) == 1
+
+
 # --- on the native model, in ComfyUI -------------------------------------------------------------------------------
 
 LAYERS = 2

@@ -10,6 +10,7 @@ Two exact ways to let the video see the reference: `attend_merged` (two SDPA pas
 merged by their log-sum-exp: no copy of the video K/V, strength as an exact bias) where the host's attention is
 PyTorch SDPA, and `attend_with_reference` (one pass over the concatenated keys) for every other backend.
 """
+import logging
 import math
 
 import torch
@@ -37,21 +38,36 @@ def reference_block(block, lora, x, e, freqs, rope, attention, cast):
     return torch.addcmul(x, y, gate_ff), k, v
 
 
+_REFUSED = set()  # (device type, dtype) where a fused kernel refused the merge's inputs: concatenate there
+
+
 def sdpa_with_lse(q, k, v):
     """PyTorch SDPA on [B, H, N, D] tensors with the softmax's log-sum-exp: (out [B, H, N, D], lse [B, H, N] fp32),
     from the fused kernel F.scaled_dot_product_attention itself picks (flash, memory-efficient, CPU flash), so the
-    output is the one the host's SDPA would give. None where that kernel gives no log-sum-exp (math, cuDNN)."""
+    output is the one the host's SDPA would give. None where that kernel gives no log-sum-exp (math, cuDNN), or once
+    one has refused such inputs on this device and dtype (logged once; the caller then concatenates)."""
     from torch.nn.attention import SDPBackend
+    where = (q.device.type, q.dtype)
+    if where in _REFUSED:
+        return None
     choice = torch._fused_sdp_choice(q, k, v)
     aten = torch.ops.aten
-    if choice == int(SDPBackend.FLASH_ATTENTION):
-        if q.device.type == "cpu":
-            return aten._scaled_dot_product_flash_attention_for_cpu(q, k, v)
-        out, lse = aten._scaled_dot_product_flash_attention(q, k, v)[:2]
-        return out, lse
-    if choice == int(SDPBackend.EFFICIENT_ATTENTION):
-        out, lse = aten._scaled_dot_product_efficient_attention(q, k, v, None, True)[:2]
-        return out, lse[..., :q.shape[2]]  # the kernel pads the query axis of its log-sum-exp
+    try:
+        if choice == int(SDPBackend.FLASH_ATTENTION):
+            if q.device.type == "cpu":
+                return aten._scaled_dot_product_flash_attention_for_cpu(q, k, v)
+            out, lse = aten._scaled_dot_product_flash_attention(q, k, v)[:2]
+            return out, lse
+        if choice == int(SDPBackend.EFFICIENT_ATTENTION):
+            out, lse = aten._scaled_dot_product_efficient_attention(q, k, v, None, True)[:2]
+            return out, lse[..., :q.shape[2]]  # the kernel pads the query axis of its log-sum-exp
+    except torch.OutOfMemoryError:
+        raise
+    except RuntimeError as e:  # a kernel's own input checks (e.g. a broadcast batch stride) on some torch build
+        _REFUSED.add(where)
+        logging.getLogger(__name__).warning(
+            "[WanIdentity] Stand-In: PyTorch's fused attention refused the log-sum-exp merge on %s %s (%s); "
+            "using the concatenated keys instead (same result, more memory).", *where, str(e).splitlines()[0])
     return None
 
 
