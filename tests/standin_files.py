@@ -4,11 +4,19 @@ tests/tiny_wan.py, and the inputs of one model call with a reference.
     standin_state_dict(layers, dim, rank, seed, scaled) -> {key: tensor}  a Stand-In file's tensors
     ckpt_bytes(sd) -> bytes                                               the official .ckpt (a wrapped torch pickle)
     inputs(seed, ...) -> (x, t, ctx, ref)                                 one call of the tiny model with a reference
+    oracle_env() -> (python, repo)          the official Stand-In code's process (scripts/standin_oracle_env.py);
+                                            skips with the reason when it cannot be made
 """
 import io
 import math
+import subprocess
+import sys
+from pathlib import Path
 
+import pytest
 import torch
+
+REPO = Path(__file__).resolve().parents[1]
 
 LAYERS, DIM, RANK = 2, 128, 8  # the Stand-In tests' tiny Wan (tiny_wan.load_tiny_wan_patcher(layers=LAYERS))
 
@@ -45,3 +53,24 @@ def inputs(seed=0, batch=1, frames=3, h=6, w=10, ctx_tokens=7):
     ctx[:, :ctx_tokens] = torch.randn(batch, ctx_tokens, 4096, generator=g)
     ref = torch.randn(1, 16, 1, 8, 12, generator=g)
     return x, t, ctx, ref
+
+
+def oracle_env():
+    """(python, repo) of the official-code environment, built when missing (the script knows the sources); skips
+    with the reason when it cannot be made."""
+    script = [sys.executable, str(REPO / "scripts" / "standin_oracle_env.py")]
+
+    def ask(*extra, timeout=60):
+        r = subprocess.run(script + list(extra), capture_output=True, text=True, timeout=timeout)
+        return r, dict(line.split("=", 1) for line in r.stdout.splitlines() if "=" in line)
+
+    r, found = ask("--print")
+    if not (found.get("python") and found.get("repo")):
+        try:
+            r, found = ask(timeout=900)
+        except subprocess.TimeoutExpired:
+            pytest.skip("building the Stand-In oracle venv took over 15 minutes")
+    if r.returncode != 0 or not found.get("python") or not found.get("repo"):
+        pytest.skip("the official Stand-In code is not set up here (" + (r.stderr.strip().splitlines() or ["?"])[-1]
+                    + "); run: python scripts/standin_oracle_env.py --repo <copy of github.com/WeChatCV/Stand-In>")
+    return found["python"], found["repo"]

@@ -9,7 +9,6 @@ sides see the same faces; the images are real (the official repository's test in
 """
 import math
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,36 +16,16 @@ import pytest
 import torch
 
 import face_files
+from standin_files import oracle_env
 from wanid.face import swap
 from wanid.face.detect import Detections, Detector, load_detector
 from wanid.face.parsing import FaceParser
 from wanid.standin.sigmas import flow_match_sigmas
 
 HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
 
 
 # ------------------------------------------------------------------------------------------------ helpers
-def oracle_env():
-    """(python, repo) of the official-code environment; skips with the reason when it cannot be made."""
-    script = [sys.executable, str(REPO / "scripts" / "standin_oracle_env.py")]
-
-    def ask(*extra, timeout=60):
-        r = subprocess.run(script + list(extra), capture_output=True, text=True, timeout=timeout)
-        return r, dict(line.split("=", 1) for line in r.stdout.splitlines() if "=" in line)
-
-    r, found = ask("--print")
-    if not (found.get("python") and found.get("repo")):
-        try:
-            r, found = ask(timeout=900)
-        except subprocess.TimeoutExpired:
-            pytest.skip("building the Stand-In oracle venv took over 15 minutes")
-    if r.returncode != 0 or not found.get("python") or not found.get("repo"):
-        pytest.skip("the official Stand-In code is not set up here (" + (r.stderr.strip().splitlines() or ["?"])[-1]
-                    + "); run: python scripts/standin_oracle_env.py --repo <copy of github.com/WeChatCV/Stand-In>")
-    return found["python"], found["repo"]
-
-
 class Recording(Detector):
     """The pack's detector, noting what it was asked and answered (the official process gets the same)."""
 

@@ -11,10 +11,7 @@ latents, timesteps and text embeddings. Wrong variants (Stand-In joined to the V
 the reference tokens, the VACE strength ignored) must fall outside the tolerance.
 """
 import json
-import math
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -22,11 +19,12 @@ import pytest
 import torch
 
 import tiny_wan
+from standin_files import oracle_env, standin_state_dict
+from wanid_testing import rel_err
 
 pytestmark = pytest.mark.integration
 
 HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
 DIM, FFN, LAYERS, VACE_LAYERS = 128, 256, 4, 2  # VACE after blocks 0 and 2, as range(0, 4, 4 // 2)
 T, H, W = 5, 32, 48  # control video: 4k+1 frames, multiples of 16 (the official preparation leaves it as is)
 IP = 64  # the Stand-In face crop (512 in the real model)
@@ -34,55 +32,15 @@ STRENGTH = 0.8  # infer_with_vace.py's default vace_scale
 TOL = 1e-5
 
 
-def oracle():
-    """(python, repo, None) of the official-code environment, or (None, None, why)."""
-    script = [sys.executable, str(REPO / "scripts" / "standin_oracle_env.py")]
-    if not Path(script[1]).is_file():
-        return None, None, "scripts/standin_oracle_env.py is missing"
-
-    def ask(*extra, timeout=60):
-        r = subprocess.run(script + list(extra), capture_output=True, text=True, timeout=timeout)
-        return r, dict(line.split("=", 1) for line in r.stdout.splitlines() if "=" in line)
-
-    r, found = ask("--print")
-    if not (found.get("python") and found.get("repo")):  # build what is missing (the script knows the sources)
-        try:
-            r, found = ask(timeout=900)
-        except subprocess.TimeoutExpired:
-            return None, None, "building the Stand-In oracle venv took over 15 minutes"
-    if r.returncode != 0 or not found.get("python") or not found.get("repo"):
-        return None, None, ("the official Stand-In code is not set up here (" + (r.stderr.strip().splitlines() or
-                            ["?"])[-1] + "); run: python scripts/standin_oracle_env.py --repo <copy of "
-                            "github.com/WeChatCV/Stand-In>")
-    return found["python"], found["repo"], None
-
-
 def run_oracle(tmp_path, tensors, config):
     from safetensors.torch import load_file, save_file
-    python, repo, why = oracle()
-    if why:
-        pytest.skip(why)
+    python, repo = oracle_env()
     inp, outp = tmp_path / "oracle_in.safetensors", tmp_path / "oracle_out.safetensors"
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(inp), metadata={"config": json.dumps(config)})
     r = subprocess.run([python, str(HERE / "standin_vace_oracle.py"), repo, str(inp), str(outp)],
                        capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, f"official code failed:\n{r.stderr[-4000:]}"
     return load_file(str(outp))
-
-
-def rel_err(a, b):
-    return ((a.double() - b.double()).norm() / b.double().norm()).item()
-
-
-def standin_weights(seed=1):
-    """A Stand-In file's tensors for the tiny model at the official rank (init_lora builds rank 128)."""
-    g = torch.Generator().manual_seed(seed)
-    sd = {}
-    for i in range(LAYERS):
-        for p in "qkv":
-            sd[f"blocks.{i}.self_attn.{p}_loras.down.weight"] = torch.randn(128, DIM, generator=g) / math.sqrt(DIM)
-            sd[f"blocks.{i}.self_attn.{p}_loras.up.weight"] = torch.randn(DIM, 128, generator=g) / math.sqrt(128)
-    return sd
 
 
 def pixels(seed):
@@ -114,7 +72,7 @@ def setup(comfy_pack):
     model = tiny_wan.load_tiny_wan_patcher("fp32", dim=DIM, ffn=FFN, layers=LAYERS, vace_layers=VACE_LAYERS, seed=3)
     vae_sd = tiny_wan.wan21_vae_state_dict(seed=4)
     vae = comfy.sd.VAE(sd=vae_sd)
-    lora = standin_weights()
+    lora = standin_state_dict(layers=LAYERS, dim=DIM, rank=128)  # init_lora builds rank 128
     video, mask, vace_ref, face = pixels(5)
 
     g = torch.Generator().manual_seed(6)
@@ -161,8 +119,8 @@ def setup(comfy_pack):
 
 @pytest.fixture(scope="module")
 def official(setup, tmp_path_factory):
-    config = {"mode": "calls", "dim": DIM, "ffn": FFN, "layers": LAYERS, "vace_layers": list(range(0, LAYERS, LAYERS // VACE_LAYERS)),
-              "vace_scale": STRENGTH, "wrong": "hints_on_reference"}
+    config = {"mode": "calls", "dim": DIM, "ffn": FFN, "layers": LAYERS, "vace_scale": STRENGTH,
+              "vace_layers": list(range(0, LAYERS, LAYERS // VACE_LAYERS)), "wrong": "hints_on_reference"}
     return run_oracle(tmp_path_factory.mktemp("standin_vace"), setup["tensors"], config)
 
 
@@ -289,9 +247,7 @@ def test_vace_prep_node_equals_the_official_preparation(comfy_pack, tmp_path):
     letterbox on white), run by the official code on the same real frames and photos: frames identical, the
     reference within 1 grey level (both use PIL's LANCZOS: identical here)."""
     from wanid_pack.nodes.vace import WanIDVaceReferencePrep
-    _, repo, why = oracle()
-    if why:
-        pytest.skip(why)
+    _, repo = oracle_env()
     video, photos = official_images(repo)
     for photo in photos:
         expected = run_oracle(tmp_path, {"video": video, "vace_ref": photo}, {"mode": "prep"})
