@@ -25,6 +25,7 @@ Needs ComfyUI (COMFYUI_PATH; 0.33+ for the dynamic cell) and the pack; benchmark
 for a bare GPU machine (docs/testing.md, "On a GPU machine").
 """
 import argparse
+import math
 import os
 import signal
 import subprocess
@@ -212,8 +213,10 @@ class Cell:
         return time.perf_counter() - t0, out
 
 
-def build_model(size, device, weight_dtype):
-    """A native Wan T2V ModelPatcher with random bf16-drawn weights stored as `weight_dtype` (fp8 included)."""
+def build_model(size, device, weight_dtype, host=False):
+    """A native Wan T2V ModelPatcher with random bf16-drawn weights stored as `weight_dtype` (fp8 included).
+    host: the drawn weights are handed over in `weight_dtype` on the CPU, as read from a file: a dynamic-VRAM patcher
+    takes the given tensors as its weights (assign), and its weights live in host memory."""
     import torch
 
     import comfy.sd
@@ -224,8 +227,15 @@ def build_model(size, device, weight_dtype):
     sd = {}
     for key, shape in tiny_wan_shapes(dim=dim, ffn=ffn, layers=layers).items():
         t = torch.randn(shape, generator=g, device=device, dtype=torch.bfloat16)
-        t = t * (0.05 if key.endswith("bias") else (1.0 if "norm" in key else shape[-1] ** -0.5))
-        sd[key] = t + 1.0 if "norm" in key else t
+        if key.endswith(("norm_q.weight", "norm_k.weight", "norm3.weight")):
+            t = 1.0 + 0.1 * t  # norm gains near 1 (tests/tiny_wan.py's rules: activations stay O(1) at any depth)
+        elif key.endswith(".bias"):
+            t = 0.05 * t
+        elif key.endswith("modulation"):
+            t = t * dim ** -0.5
+        else:
+            t = t * math.prod(shape[1:]) ** -0.5
+        sd[key] = t.to(weight_dtype).cpu() if host else t
     return comfy.sd.load_diffusion_model_state_dict(sd, model_options={"dtype": weight_dtype})
 
 
@@ -351,7 +361,7 @@ def run_cell(args):
     if args.cell == "dynamic":
         print(f"dynamic VRAM: {'ON' if dynamic_reason is None else 'OFF: ' + dynamic_reason}")
     t0 = time.perf_counter()
-    base = build_model(args.size, cell.device, weight_dtype)
+    base = build_model(args.size, cell.device, weight_dtype, host=args.cell == "dynamic")
     print(f"model built in {time.perf_counter() - t0:.1f} s; patcher {type(base).__name__}")
     builders = method_builders(args.size, cell.device)
     g = torch.Generator(device=cell.device).manual_seed(2)
