@@ -1,5 +1,6 @@
-"""Stand-In against host behaviour newer than 0.3.64: dynamic VRAM side models, native multi-GPU clones, attention
-containers and backends, ScaleROPE, comfy-kitchen RoPE, Wan classes without per-block patches, VACE.
+"""Stand-In against host behaviour newer than 0.3.64: the side model's patcher class, attention containers and
+backends, ScaleROPE, comfy-kitchen RoPE, Wan classes without per-block patches, VACE. Dynamic VRAM side models and
+native multi-GPU clones, which every patch goes through alike, are tested once for all in tests/test_patch_host.py.
 
 GPU-only host paths are taken on the CPU by monkeypatching the host where the real branch needs CUDA
 (benchmarks/gpu_host_check.py runs the real ones on a GPU). Tests of a feature the running ComfyUI lacks skip
@@ -44,7 +45,7 @@ def lora_of(patcher, standin_patch):
     return patcher.get_additional_models_with_key(standin_patch.KEY)[0]
 
 
-# --- dynamic VRAM: the side model is built the way core builds side models ---------------------------------------
+# --- the side model is built the way core builds side models ------------------------------------------------------
 
 def test_lora_patcher_is_the_hosts_core_patcher(base, patch_module, weights):
     import comfy.model_patcher
@@ -56,77 +57,6 @@ def test_lora_patcher_is_the_hosts_core_patcher(base, patch_module, weights):
     for name, p in lora.model.named_parameters():
         assert p.data_ptr() != weights.state_dict[name].data_ptr()
         assert torch.equal(p.float(), weights.state_dict[name].float())
-
-
-def test_dynamic_vram_side_model_assigns_weights_and_matches(base, patch_module, weights, monkeypatch):
-    """The GPU branch (ModelPatcherDynamic, comfy-aimdo) on the CPU: a CoreModelPatcher that says is_dynamic() and
-    comfy.ops layers created without weights, as under dynamic VRAM. Reading a weight before load_state_dict
-    assigns it would fail here."""
-    import comfy.model_patcher
-    memory_management = pytest.importorskip("comfy.memory_management",
-                                            reason="this ComfyUI has no dynamic VRAM (comfy.memory_management)")
-    if not hasattr(memory_management, "aimdo_enabled"):
-        pytest.skip("this ComfyUI has no dynamic VRAM switch (comfy.memory_management.aimdo_enabled)")
-    x, t, ctx, ref = inputs(seed=21)
-    expected = call(patch_module.apply_standin(base, weights, ref, 1.0), x, t, ctx)
-
-    class DynamicOnCpu(comfy.model_patcher.ModelPatcher):
-        def is_dynamic(self):
-            return True
-
-    monkeypatch.setattr(comfy.model_patcher, "CoreModelPatcher", DynamicOnCpu, raising=False)
-    monkeypatch.setattr(memory_management, "aimdo_enabled", True)
-    import comfy.ops
-    probe = comfy.ops.manual_cast.Linear(4, 4)
-    assert probe.weight is None, "the host's dynamic layers should start without weights"
-    patched = patch_module.apply_standin(base, weights, ref, 1.0)
-    lora = lora_of(patched, patch_module)
-    assert type(lora) is DynamicOnCpu
-    for name, p in lora.model.named_parameters():
-        assert p.data_ptr() == weights.state_dict[name].data_ptr(), f"{name} was copied, not assigned"
-    monkeypatch.setattr(memory_management, "aimdo_enabled", False)
-    assert torch.equal(call(patched, x, t, ctx), expected)
-
-
-# --- native multi-GPU ----------------------------------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def file_base(tmp_path_factory):
-    return tiny_wan.load_tiny_wan_file(tmp_path_factory.mktemp("mgpu"), layers=LAYERS, seed=3)
-
-
-def test_multigpu_deepclone_gets_its_own_patch_and_lora(file_base, patch_module, weights):
-    x, t, ctx, ref = inputs(seed=8)
-    patched = patch_module.apply_standin(file_base, weights, ref, 1.0)
-    expected = call(patched, x, t, ctx)
-    clone = patched.deepclone_multigpu(new_load_device=torch.device("cpu"))
-    assert clone.model is not patched.model
-    mine, theirs = the_patch(patched, patch_module), the_patch(clone, patch_module)
-    assert theirs is not mine, "two devices must not share one run state"
-    assert theirs.lora_patcher is lora_of(clone, patch_module)
-    assert theirs.lora_patcher is not mine.lora_patcher
-    assert theirs.lora_patcher.model is not mine.lora_patcher.model
-    builds = mine.reference_builds
-    assert theirs.reference_builds == 0
-    assert torch.equal(call(clone, x, t, ctx), expected)
-    # the clone's block replaces call the clone's patch, once per block (no stacked Stand-In), not the original's
-    assert theirs.reference_builds == LAYERS
-    assert mine.reference_builds == builds
-
-
-def test_multigpu_match_clones_rebinds(file_base, patch_module, weights):
-    x, t, ctx, ref = inputs(seed=9)
-    patched = patch_module.apply_standin(file_base, weights, ref, 1.0)
-    expected = call(patched, x, t, ctx)
-    deep = patched.deepclone_multigpu(new_load_device=torch.device("cpu"))
-    holder = patched.clone()
-    holder.set_additional_models("multigpu", [deep])
-    holder.match_multigpu_clones()
-    matched = holder.get_additional_models_with_key("multigpu")[0]
-    patch = the_patch(matched, patch_module)
-    assert patch is not the_patch(holder, patch_module)
-    assert patch.lora_patcher is lora_of(matched, patch_module)
-    assert torch.equal(call(matched, x, t, ctx), expected)
 
 
 # --- attention -----------------------------------------------------------------------------------------------------
