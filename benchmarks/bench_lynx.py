@@ -32,19 +32,19 @@ def lynx_weights(variant, dim, layers):
 
 
 def time_precompute(patched, device):
-    """A list that fills with the time of each run's one-time build (LynxPatch._prepare when it builds)."""
+    """A list that fills with the time of each run's one-time build (LynxPatch._build when it builds)."""
     import comfy.patcher_extension
     from wanid_pack.nodes.lynx_patch import KEY
     patch = patched.get_wrappers(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, KEY)[0].__self__
-    spent, prepare = [], patch._prepare
+    spent, build = [], patch._build
 
-    def timed_prepare(model, x):
-        before = patch.run
-        seconds = timed(lambda: prepare(model, x), device)
-        if patch.run is not before:
+    def timed_build(model, x):
+        before = patch.run.key
+        seconds = timed(lambda: build(model, x), device)
+        if patch.run.key != before:
             spent.append(seconds)
 
-    patch._prepare = timed_prepare
+    patch._build = timed_build
     return spent
 
 

@@ -15,6 +15,7 @@ from ..wanid.face.pipeline import to_uint8
 from . import paths
 from .cache import LoadedCache, file_key
 from .lynx_patch import apply_lynx, check_model
+from .wan import encode_reference
 from .types import FaceClipType, LynxModelType
 
 _loaded = LoadedCache(2)
@@ -99,11 +100,7 @@ class WanIDLynxLoader(io.ComfyNode):
         return io.NodeOutput(model)
 
 
-def _encode(model, vae, image):
-    samples = vae.encode(image[..., :3])
-    if samples.ndim == 4:
-        samples = samples.unsqueeze(2)
-    return model.model.process_latent_in(samples[:, :, :1].float())
+NEEDS = "Lynx needs a Wan 2.1 text-to-video model and its VAE"
 
 
 class WanIDLynxApply(io.ComfyNode):
@@ -161,7 +158,9 @@ class WanIDLynxApply(io.ComfyNode):
                                  "passes the reference with), or set ref_scale to 0.")
             crop = face_clip.lynx_crops[i:i + 1].float()
             # the official negative: the same reference zeroed in [-1, 1], i.e. mid-grey
-            reference = (_encode(model, vae, crop), _encode(model, vae, torch.full_like(crop, 0.5)))
+            reference = (encode_reference(model, vae, crop, "reference face (face_clip's anchor crop)", NEEDS),
+                         encode_reference(model, vae, torch.full_like(crop, 0.5), "negative reference (mid-grey)",
+                                          NEEDS))
             context = reference_text[0][0][:1]
         return io.NodeOutput(apply_lynx(model, lynx.weights, embedding, reference, context, ip_scale, ref_scale,
                                         start, end, ref_blocks))

@@ -8,7 +8,7 @@ from ..wanid.errors import check_finite, check_finite_numbers
 from ..wanid.standin.checkpoint import load_standin
 from .cache import LoadedCache, file_key, file_stamp
 from .standin_patch import apply_standin, check_model
-from .wan import wan_model_of
+from .wan import check_channels, encode_reference, latent_in, wan_model_of
 
 _weights = LoadedCache(2)  # two entries hold the Wan 2.2 high/low pair
 
@@ -22,14 +22,7 @@ def load_weights_cached(name):
     return _weights.get(file_key(path), lambda: load_standin(path))
 
 
-def check_channels(samples, channels, name):
-    """The latent's channel count against the model's, before anything (process_latent_in) reads it."""
-    if samples.shape[1] != channels:
-        kind = {4: " (an SD 1.x/SDXL latent)", 16: " (a Wan 2.1 latent)", 48: " (a Wan 2.2 5B latent)"}
-        raise ValueError(
-            f"{name}: a {samples.shape[1]}-channel latent{kind.get(samples.shape[1], '')}, but this model takes "
-            f"{channels} channels. Encode the face crop with the Wan 2.1 VAE (wan_2.1_vae.safetensors, 16 "
-            "channels): Stand-In needs a Wan 2.1 14B / 2.2 A14B text-to-video model and its VAE.")
+NEEDS = "Stand-In needs a Wan 2.1 14B / 2.2 A14B text-to-video model and its VAE"
 
 
 def reference_latent_of(model, reference_image=None, vae=None, reference_latent=None):
@@ -46,7 +39,7 @@ def reference_latent_of(model, reference_image=None, vae=None, reference_latent=
         if not samples.is_floating_point():
             raise ValueError(f"reference_latent: holds {str(samples.dtype).replace('torch.', '')} values, not a "
                              "latent; encode the face crop with VAE Encode.")
-        check_channels(samples, channels, "reference_latent")
+        check_channels(samples, channels, "reference_latent", NEEDS)
         check_finite(samples, "reference_latent", "it is not a usable latent; encode the face crop again with "
                                                   "VAE Encode (and check the VAE file)")
     elif reference_image is not None:
@@ -60,14 +53,10 @@ def reference_latent_of(model, reference_image=None, vae=None, reference_latent=
         if vae is None:
             raise ValueError("vae: connect the Wan VAE so the reference_image can be encoded (or give reference_latent).")
         check_finite(reference_image, "reference_image", "give the face crop from Face Crop / Parse's anchor")
-        samples = vae.encode(reference_image[..., :3])
-        if samples.ndim == 4:
-            samples = samples.unsqueeze(2)
-        check_channels(samples, channels, "vae (the encoded reference_image)")
-        check_finite(samples, "vae: the encoded reference_image", "check the VAE file (use wan_2.1_vae.safetensors)")
+        return encode_reference(model, vae, reference_image, "reference_image", NEEDS)
     else:
         raise ValueError("reference_image: connect the face crop (and the VAE), or a reference_latent.")
-    return model.model.process_latent_in(samples[:, :, :1].float())
+    return latent_in(model, samples)
 
 
 class WanIDRestrictedAttnPatch(io.ComfyNode):

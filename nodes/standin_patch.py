@@ -1,111 +1,63 @@
-"""Stand-In on ComfyUI's native Wan model, through ComfyUI's hooks only.
+"""Stand-In on ComfyUI's native Wan model: only its method; the protocol (per-run state, wrapper, block replaces,
+side model, multi-GPU rebind, the checks) is nodes/hooks.py's ModelPatch.
 
-- a keyed DIFFUSION_MODEL wrapper prepares the reference (tokens, t=0 modulation, RoPE) for the current grid
-  and puts this patch into a copy of transformer_options;
-- a per-block "double_block" replace (chained to any earlier one) makes the block's reference keys/values (on the
-  first model call of a run only) and installs an attention override (chained to any earlier one) that appends them
-  to the video's self-attention;
-- ON_PRE_RUN / ON_CLEANUP callbacks drop the cached keys/values, so nothing outlives a sampling run;
-- the LoRA lives in its own patcher (comfy.ops.manual_cast layers, built the way core builds side models: a
-  CoreModelPatcher, so dynamic VRAM stays on) attached with set_additional_models, so ComfyUI budgets, loads,
-  casts and offloads it like the model itself;
-- native multi-GPU clones (deepclone_multigpu / match_multigpu_clones) get their own patch and LoRA, so two
-  devices never share run state.
-The shared model is never touched: all of this sits on a clone of the ModelPatcher.
+- per run and grid, the reference's tokens, t=0 modulation and RoPE (its positions beside the video's);
+- per block, on the first model call of a run, the reference's keys/values through the block with Stand-In's LoRA;
+- the block's self-attention gets them appended (the rest of the attention passes on to the host).
+The LoRA is the side model. The shared model is never touched: all of this sits on a clone of the ModelPatcher.
 """
 import functools
 import inspect
-import logging
-
-import torch
 
 import comfy.model_management
-import comfy.patcher_extension
 from comfy.ldm.modules import attention as comfy_attention
 
 from ..wanid.standin.lora import StandInLoRA
 from ..wanid.standin.positions import reference_position_ids
 from ..wanid.standin.reference_branch import attend_merged, attend_with_reference, reference_block
 from . import hooks
-from .wan import patchable_wan_model_of
+from .wan import patchable_wan_model_of, reference_tokens
 
 KEY = "wanid_standin"
 
 
-class _Run:
-    """What one sampling run caches: the reference stream state and each block's reference keys/values."""
+class _Run(hooks.RunState):
+    """The reference stream's state for the current grid and each block's reference keys/values."""
 
     def __init__(self):
-        self.key = self.model = None
+        super().__init__()
         self.x = self.e = self.freqs = None
         self.kv = {}
-        self.reached = False  # a block replace ran during the current model call
 
 
-class StandInPatch:
-    """Run state of one RestrictedAttnPatch. Shared by clones of the patched ModelPatcher (deepcopy returns self),
-    reset at the start and end of every run."""
+class StandInPatch(hooks.ModelPatch):
+    """One RestrictedAttnPatch: the LoRA's side model, the reference latent and the strength."""
+
+    KEY, NAME, NODE = KEY, "Stand-In", "Stand-In Restricted Attention"
+    MODELS = "a Wan 2.1/2.2 text-to-video (or VACE) model"
+    Run = _Run
 
     def __init__(self, lora_patcher, reference, strength):
-        self.lora_patcher = lora_patcher
+        super().__init__(lora_patcher)
         self.reference = reference  # [1, C, 1, h, w] latent in the DiT's normalised space, CPU
         self.strength = float(strength)
-        self.run = _Run()
-        self.reference_builds = 0  # blocks whose reference K/V were computed (diagnostics and tests)
 
-    def __deepcopy__(self, memo):
-        return self
-
-    def reset(self, *args):
-        self.run = _Run()
-
-    def rebind_clone(self, source, clone):
-        """A native multi-GPU clone (ON_DEEPCLONE_MULTIGPU / ON_MATCH_MULTIGPU_CLONES) gets a patch of its own, on
-        its own copy of the LoRA: devices run in parallel and must not share run state."""
-        loras = clone.get_additional_models_with_key(KEY)
-        if not loras or loras[0] is self.lora_patcher:
-            loras = [self.lora_patcher.clone()]
-        patch = StandInPatch(loras[0], self.reference, self.strength)
-        hooks.attach(clone, KEY, patch, patch.lora_patcher, len(clone.model.diffusion_model.blocks))
-
-    # --- DIFFUSION_MODEL wrapper -------------------------------------------------------------------------------
-    def diffusion_model_wrapper(self, executor, *args, **kwargs):
-        model = executor.class_obj
-        args = list(args)
-        x = args[0]
-        options = args[5] if len(args) > 5 else kwargs.get("transformer_options", {})
-        self._prepare(model, x, options.get("rope_options") if _reads_rope_options(type(model)) else None)
-        if len(args) > 5:
-            args[5] = {**options, KEY: self}
-        else:
-            kwargs["transformer_options"] = {**options, KEY: self}
-        self.run.reached = False
-        out = executor(*args, **kwargs)
-        if not self.run.reached:
-            raise RuntimeError(
-                f"model: {type(model).__name__} ran without ComfyUI's per-block patches, so Stand-In could not "
-                "join its attention. Use a Wan 2.1/2.2 text-to-video (or VACE) model, or remove the Stand-In node.")
-        return out
-
-    def _prepare(self, model, x, rope_options=None):
+    def prepare(self, model, x, options):
+        rope_options = options.get("rope_options") if _reads_rope_options(type(model)) else None
         ph, pw = model.patch_size[1], model.patch_size[2]
         grid_h, grid_w = -(-x.shape[-2] // ph), -(-x.shape[-1] // pw)
         rope_key = tuple(sorted(rope_options.items())) if rope_options else None
         key = (id(model), grid_h, grid_w, x.device, x.dtype, rope_key)
-        if self.run.key == key:
-            return
-        from comfy.ldm.wan.model import sinusoidal_embedding_1d
-        self.run = run = _Run()
-        run.key, run.model = key, model
-        ref = self.reference.to(x.device)
-        tokens = model.patch_embedding(ref.float()).to(x.dtype)
-        ref_h, ref_w = tokens.shape[-2:]
-        run.x = tokens.flatten(2).transpose(1, 2)
-        t0 = torch.zeros(1, device=x.device)
-        e = model.time_embedding(sinusoidal_embedding_1d(model.freq_dim, t0).to(dtype=x.dtype))
-        run.e = model.time_projection(e).unflatten(1, (6, model.dim))
-        ids = reference_position_ids(grid_h, grid_w, ref_h, ref_w, device=x.device, rope_options=rope_options)
-        run.freqs = model.rope_embedder(ids).movedim(1, 2)
+        if self.run.key != key:
+            checked = self.run.checked_input
+            self.reset()
+            run = self.run
+            run.checked_input = checked
+            run.key, run.model = key, model
+            run.x, (ref_h, ref_w), run.e = reference_tokens(model, self.reference.to(x.device), x.dtype)
+            ids = reference_position_ids(grid_h, grid_w, ref_h, ref_w, device=x.device, rope_options=rope_options)
+            run.freqs = model.rope_embedder(ids).movedim(1, 2)
+        return True
 
     def reference_kv(self, i):
         run, model = self.run, self.run.model
@@ -113,35 +65,29 @@ class StandInPatch:
             if run.x is None or len(run.kv) != i:
                 raise RuntimeError(f"Stand-In: block {i} ran before the blocks in front of it; another patch "
                                    "reorders the Wan blocks, which Stand-In cannot follow.")
-            lora = self.lora_patcher.model.blocks[i].self_attn
+            lora = self.side.model.blocks[i].self_attn
             x, k, v = reference_block(
                 model.blocks[i], lora, run.x, run.e, run.freqs,
                 rope=apply_rope, attention=comfy_attention.optimized_attention,
                 cast=lambda p, like: comfy.model_management.cast_to(p, dtype=like.dtype, device=like.device))
             run.kv[i] = (k, v)
-            self.reference_builds += 1
+            self.builds["reference"] += 1
             run.x = x if i + 1 < len(model.blocks) else None  # the reference stream ends before the head
             if run.x is None:
-                self._offload_lora()
+                self.offload_side()
         return run.kv[i]
 
-    def _offload_lora(self):
-        hooks.offload_side_model(self.lora_patcher)
-
-    # --- per-block replace -------------------------------------------------------------------------------------
-    def block_replace(self, index, previous):
-        def replace(args, extra):
-            options = args["transformer_options"]
-            if options.get(KEY) is not self:
-                return previous(args, extra) if previous else extra["original_block"](args)
-            self.run.reached = True
-            k_ref, v_ref = self.reference_kv(index)
-            block = self.run.model.blocks[index]
-            override = _SelfAttentionOverride(k_ref, v_ref, self.strength, options.get("optimized_attention_override"),
-                                              preferred=(hooks.preferred_attention(block.self_attn), hooks.preferred_attention(block.cross_attn)))
-            args = {**args, "transformer_options": {**options, "optimized_attention_override": override}}
-            return previous(args, extra) if previous else extra["original_block"](args)
-        return replace
+    def override(self, index, mine, args, previous):
+        k_ref, v_ref = self.reference_kv(index)
+        override = _SelfAttentionOverride(previous, self.run.model.blocks[index], args["img"].shape[1],
+                                          args["txt"].shape[1], k_ref, v_ref, self.strength)
+        for other in override.chain():
+            name = hooks.EQUAL_LENGTH_ONLY.get(getattr(other, "__module__", "").rsplit(".", 1)[-1])
+            if name:
+                self.note_once(name, f"{name} does not engage on Stand-In's self-attention: the reference keys make "
+                                     "it longer than the queries, which its kernel does not take, so those calls run "
+                                     f"dense (the other attention calls still use {name}).")
+        return override
 
 
 @functools.cache
@@ -156,20 +102,14 @@ def apply_rope(x, freqs):
     return apply_rope1(x, freqs)
 
 
-class _SelfAttentionOverride:
-    """Appends the reference K/V to the first attention of a block (its self-attention); passes everything else on
-    to the override that was there before (the core ModelAttentionBackend's, another pack's), else to the backend the
-    host would have used: the module's preferred attention where it has one, else the global one."""
+class _SelfAttentionOverride(hooks.AttentionOverride):
+    """Appends the reference K/V to the block's self-attention; everything else passes on to the host."""
 
-    def __init__(self, k_ref, v_ref, strength, previous, preferred=(None, None)):
-        self.k_ref, self.v_ref, self.strength, self.previous = k_ref, v_ref, strength, previous
-        self.preferred = preferred  # (self-attention, cross-attention)
-        self.pending = True
+    wants = frozenset({hooks.SELF})
 
-    def _call(self, func, q, k, v, *args, preferred=None, **kwargs):
-        if self.previous is not None:
-            return self.previous(func, q, k, v, *args, **kwargs)
-        return (preferred or func)(q, k, v, *args, **kwargs)
+    def __init__(self, previous, block, video_len, context_len, k_ref, v_ref, strength):
+        super().__init__(previous, block, video_len, context_len)
+        self.k_ref, self.v_ref, self.strength = k_ref, v_ref, strength
 
     def _host_sdpa(self, func, preferred, args, kwargs):
         """Whether the host would run this attention as plain PyTorch SDPA (no other override, no module attention,
@@ -179,27 +119,25 @@ class _SelfAttentionOverride:
                 and not kwargs.get("skip_reshape") and not kwargs.get("skip_output_reshape")
                 and func in (plain, getattr(plain, "__wrapped__", None)))
 
-    def __call__(self, func, q, k, v, *args, **kwargs):
-        q, k, v = hooks.as_tensors(q, k, v)
-        if self.pending and q.shape[1] == k.shape[1]:
-            self.pending = False
-            preferred = self.preferred[0]
-            if self.strength != 1.0:
-                # the padded head (d + 8) is not every kernel's size
-                func, preferred = comfy_attention.attention_pytorch, None
-            if "heads" not in kwargs:
-                kwargs["heads"], args = args[0], args[1:]
-            heads = kwargs.pop("heads")
-            if self._host_sdpa(func, preferred, args, kwargs):
-                out = attend_merged(q, k, v, self.k_ref, self.v_ref, heads, self.strength)
-                if out is not None:
-                    return out
+    def attend(self, kind, func, q, k, v, *args, **kwargs):
+        preferred = self.preferred[hooks.SELF]
+        if self.strength != 1.0:
+            # the padded head (d + 8) is not every kernel's size
+            func, preferred = comfy_attention.attention_pytorch, None
+        if "heads" not in kwargs:
+            kwargs["heads"], args = args[0], args[1:]
+        heads = kwargs.pop("heads")
+        if self._host_sdpa(func, preferred, args, kwargs):
+            out = attend_merged(q, k, v, self.k_ref, self.v_ref, heads, self.strength)
+            if out is not None:
+                return out
 
-            def backend(q_, k_, v_, heads, **kw):
-                return self._call(func, q_, k_, v_, *args, heads=heads, preferred=preferred, **kw)
+        def backend(q_, k_, v_, heads, **kw):
+            if self.previous is not None:
+                return self.previous(func, q_, k_, v_, *args, heads=heads, **kw)
+            return (preferred or func)(q_, k_, v_, *args, heads=heads, **kw)
 
-            return attend_with_reference(backend, q, k, v, self.k_ref, self.v_ref, heads, self.strength, **kwargs)
-        return self._call(func, q, k, v, *args, preferred=self.preferred[1], **kwargs)
+        return attend_with_reference(backend, q, k, v, self.k_ref, self.v_ref, heads, self.strength, **kwargs)
 
 
 def check_model(patcher, weights):
@@ -226,11 +164,6 @@ def apply_standin(patcher, weights, reference, strength):
             f"reference_image/reference_latent: a {reference.shape[1]}-channel latent, but this model takes "
             f"{model.patch_embedding.in_channels} channels. Stand-In needs a Wan 2.1 14B / 2.2 A14B text-to-video "
             f"model and the Wan 2.1 VAE (16 channels).")
-    out = patcher.clone()
     if strength <= 0:
-        return out  # strength 0 is the unpatched model, exactly
-    if out.get_wrappers(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, KEY):
-        logging.warning("[WanIdentity] this model already had a Stand-In patch; the new one replaces it.")
-    patch = StandInPatch(lora_patcher(weights), reference.detach().cpu(), strength)
-    hooks.attach(out, KEY, patch, patch.lora_patcher, len(model.blocks))
-    return out
+        return patcher.clone()  # strength 0 is the unpatched model, exactly
+    return StandInPatch(lora_patcher(weights), reference.detach().cpu(), strength).apply_to(patcher, len(model.blocks))

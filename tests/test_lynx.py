@@ -138,7 +138,7 @@ def test_bad_files_are_refused_naming_the_first_problem(tmp_path, lynx):
     bad = dict(ref)
     bad["2.to_k_ref.bias"] = torch.full((DIM,), float("inf"))
     save_file(bad, str(folder / "ref_layers.safetensors"))
-    with pytest.raises(checkpoint.LynxFileError, match="nan/ref_layers.safetensors: 2.to_k_ref.bias holds NaN or inf"):
+    with pytest.raises(checkpoint.LynxFileError, match="nan/ref_layers.safetensors: 2.to_k_ref.bias: holds .*inf"):
         checkpoint.load_lynx(str(folder))
     save_file(ref, str(folder / "ref_layers.safetensors"))
     (folder / "ip_layers.safetensors").write_bytes(b"\0" * 8)
@@ -211,7 +211,7 @@ def test_start_end_and_ref_blocks(base, lynx):
         lynx_patch.apply_lynx(base, w, emb, ref, ref_ctx, 1.0, 1.0, ref_blocks="x")
     with pytest.raises(ValueError, match="reference_text: full Lynx's Ref adapter needs"):
         lynx_patch.apply_lynx(base, w, emb, None, None, 1.0, 1.0)
-    with pytest.raises(ValueError, match="face: the face embedding must be 512 finite values"):
+    with pytest.raises(ValueError, match="face: the face embedding .*holds 512 NaN"):
         lynx_patch.apply_lynx(base, w, torch.full((512,), float("nan")))
     with pytest.raises(checkpoint.LynxFileError, match="projects to width 256"):
         lynx_patch.apply_lynx(tiny_wan.load_tiny_wan_patcher("fp32", dim=128, layers=LAYERS), w, emb)
@@ -340,7 +340,7 @@ def test_shape_only_reading_checks_every_tensor_and_keeps_none(tmp_path, lynx):
     ref[last].view(-1)[-1] = float("nan")  # the last value of the last tensor
     save_file(ref, str(folder / "ref_layers.safetensors"))
     for keep in (True, False):
-        with pytest.raises(checkpoint.LynxFileError, match=f"{last} holds NaN"):
+        with pytest.raises(checkpoint.LynxFileError, match=f"{last}: holds 1 NaN"):
             checkpoint.load_lynx(str(folder), keep=keep)
 
 

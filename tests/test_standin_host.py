@@ -79,7 +79,8 @@ def test_override_takes_attention_tensor_containers(patch_module):
     k_ref, v_ref = torch.randn(1, 5, 256, generator=g), torch.randn(1, 5, 256, generator=g)
 
     def run(*qkv):
-        override = patch_module._SelfAttentionOverride(k_ref, v_ref, 1.0, None)
+        block = types.SimpleNamespace(self_attn=None, cross_attn=None)  # no module attention of its own
+        override = patch_module._SelfAttentionOverride(None, block, 12, 7, k_ref, v_ref, 1.0)
         return override(attention.attention_pytorch, *qkv, heads=2)
 
     plain = run(q, k, v)
@@ -224,8 +225,8 @@ def test_standin_runs_on_a_vace_model(patch_module, weights):
     assert rel_err(run(patched_vace, 0.0), call(patched_t2v, x, t, ctx)) < 1e-5
     patch = the_patch(patched_vace, patch_module)
     patch.reset()  # a new sampling run (ON_PRE_RUN)
-    builds = patch.reference_builds
+    builds = patch.builds["reference"]
     on = run(patched_vace, 1.0)
-    assert patch.reference_builds - builds == LAYERS
+    assert patch.builds["reference"] - builds == LAYERS
     assert rel_err(on, run(vace, 1.0)) > 1e-3, "Stand-In changes the VACE output"
     assert rel_err(on, run(patched_vace, 0.0)) > 1e-3, "and VACE's own context still matters"

@@ -61,8 +61,9 @@ def _count_bad(t):
     return nan, inf
 
 
-def check_finite(value, what, fix):
-    """Raise NonFiniteError unless `value` (a number, a tensor, or a dict/list/tuple of them) is all finite.
+def check_finite(value, what, fix, error=None):
+    """Raise NonFiniteError (or `error`, e.g. a file's own error class) unless `value` (a number, a tensor, or a
+    dict/list/tuple of them) is all finite.
 
     what: the input or file part, named as the user sees it ("strength", "reference_latent",
     "Stand-In file x.ckpt"); fix: what to do. Dicts name the first bad key. Returns `value`.
@@ -70,7 +71,7 @@ def check_finite(value, what, fix):
     bad = _first_bad(value, "")
     if bad is not None:
         where, text = bad
-        raise NonFiniteError(f"{what}{where}: {text}; {fix}")
+        raise (error or NonFiniteError)(f"{what}{where}: {text}; {fix}")
     return value
 
 

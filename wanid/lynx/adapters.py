@@ -11,9 +11,13 @@ Ref adapter (full), in every block's self-attention (official WanRefAttnProcesso
     K_ref = norm_k(to_k_ref(f)), V_ref = to_v_ref(f), norm_k the block's self-attention one,
     f = the block's modulated self-attention input (norm1(x) * (1 + scale) + shift) for the REFERENCE stream:
     the reference latent passed through the frozen DiT alone, at t = 0, with its own text ("image of a face").
-Both K/V sets depend only on the reference, so they are computed once per sampling run.
+Both K/V sets depend only on the reference, so they are computed once per sampling run. The reference stream is
+reference.py's; the adapters' weights are one module, LynxAdapters (the side model the host loads and offloads).
 """
 import torch
+from torch import nn
+
+from .resampler import Resampler
 
 
 def rms_norm(x, eps=1e-5):
@@ -44,16 +48,39 @@ def unrotate(q, freqs, heads):
     return out.reshape(b, n, -1).to(q.dtype)
 
 
-def reference_features(blocks, x, e, freqs, context, run_block, cast):
-    """The reference stream through the frozen blocks: the modulated self-attention input of each block.
+# --- the adapters as one module (the side model the host loads and offloads) --------------------------------------
 
-    x: [1, N, dim] patch-embedded reference latent; e: [1, 6, dim] time projection at t = 0; freqs: RoPE of the
-    reference's own grid (from 0); context: its text tokens after text_embedding. run_block(i, block, x) runs the
-    native block unchanged. Returns a list of [1, N, dim]."""
-    out = []
-    for i, block in enumerate(blocks):
-        shift, scale = (cast(block.modulation, x) + e).chunk(6, dim=1)[:2]
-        out.append(torch.addcmul(shift, block.norm1(x), 1 + scale))
-        if i + 1 < len(blocks):  # the last block's output is never used
-            x = run_block(i, block, x)
-    return out
+class IPLayer(nn.Module):
+    def __init__(self, token_dim, dim, bias, registers, operations=nn, device=None, dtype=None):
+        super().__init__()
+        self.to_k_ip = operations.Linear(token_dim, dim, bias=bias, device=device, dtype=dtype)
+        self.to_v_ip = operations.Linear(token_dim, dim, bias=bias, device=device, dtype=dtype)
+        self.registers = nn.Parameter(torch.zeros(1, registers, token_dim, device=device, dtype=dtype)) \
+            if registers else None
+
+
+class RefLayer(nn.Module):
+    def __init__(self, dim, operations=nn, device=None, dtype=None):
+        super().__init__()
+        self.to_k_ref = operations.Linear(dim, dim, device=device, dtype=dtype)
+        self.to_v_ref = operations.Linear(dim, dim, device=device, dtype=dtype)
+
+
+class LynxAdapters(nn.Module):
+    """resampler.*, ip.N.*, ref.N.*: the official files under three prefixes."""
+
+    def __init__(self, weights, operations=nn, device=None):
+        super().__init__()
+        self.variant = weights.variant
+        self.resampler = Resampler(**weights.resampler_config, operations=operations, device=device)
+        dtype = weights.dtype  # as stored: the official 14B adapters are about 4B parameters
+        self.ip = nn.ModuleList(IPLayer(weights.token_dim, weights.dim, weights.variant == "full", weights.registers,
+                                        operations, device, dtype) for _ in range(weights.ip_layers))
+        self.ref = nn.ModuleList(RefLayer(weights.dim, operations, device, dtype) for _ in range(weights.ref_layers))
+
+    @staticmethod
+    def state_dict_of(weights):
+        sd = {f"resampler.{k}": v for k, v in weights.resampler.items()}
+        sd.update({f"ip.{k}": v for k, v in weights.ip.items()})
+        sd.update({f"ref.{k}": v for k, v in weights.ref.items()})
+        return sd

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import WanIDError
+from ..errors import WanIDError, check_finite
 from ..tensor_file import read_tensor_file
 from ..face.align import norm_crop
 from .files import ARCFACE_FILE
@@ -101,8 +101,7 @@ def load_arcface(path, input_name="arcface_name"):
         if tuple(sd[key].shape) != tuple(value.shape):
             raise ArcFaceFileError(f"{input_name}: {name}: {key} has shape {list(sd[key].shape)}, IR-SE50 needs "
                                    f"{list(value.shape)}. Use {ARCFACE_FILE}.")
-        if sd[key].is_floating_point() and not torch.isfinite(sd[key]).all():
-            raise ArcFaceFileError(f"{input_name}: {name}: {key} holds NaN or inf. Download the file again.")
+        check_finite({key: sd[key]}, f"{input_name}: {name}:", "download the file again", ArcFaceFileError)
     extra = sorted(set(sd) - set(want))
     if extra:
         raise ArcFaceFileError(f"{input_name}: {name}: unexpected key {extra[0]!r}; this is not the IR-SE50 file. "

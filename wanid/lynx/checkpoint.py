@@ -13,9 +13,8 @@ import re
 from dataclasses import dataclass, field
 
 import torch
-from torch import nn
 
-from ..errors import WanIDError
+from ..errors import WanIDError, check_finite
 from ..tensor_file import natural_key, read_tensor_file
 from .resampler import DIM_HEAD, Resampler
 
@@ -46,9 +45,12 @@ def read(path, what, keep=True, dtype=None):
     for key, value in tensors:
         if not isinstance(value, torch.Tensor):
             raise LynxFileError(f"lynx_name: Lynx file {name}: {key} is not a tensor.")
-        if value.is_floating_point() and not torch.isfinite(value).all():
-            raise LynxFileError(f"lynx_name: Lynx file {name}: {key} holds NaN or inf values; the file is damaged. "
-                                "Download it again.")
+        if not value.is_floating_point():  # Lynx's weights are all floating point; anything else fails later
+            raise LynxFileError(f"lynx_name: Lynx file {name}: {key} holds {str(value.dtype).replace('torch.', '')} "
+                                "values, not floating-point weights: it is not an official Lynx file. Download "
+                                "it again from ByteDance/lynx.")
+        check_finite({key: value}, f"lynx_name: Lynx file {name}:", "the file is damaged. Download it again.",
+                     LynxFileError)
         if not keep:
             value = torch.empty(value.shape, dtype=value.dtype, device="meta")
         out[key] = value.to(dtype) if dtype is not None and value.is_floating_point() else value
@@ -213,42 +215,10 @@ def load_lynx(folder, keep=True):
     ref = read(paths[FILES[2]], FILES[2], keep) if os.path.isfile(paths[FILES[2]]) else None
     # the resampler is small and runs on the fp32 embedding: fp32; the adapters keep the file's dtype
     resampler = read(paths[FILES[0]], FILES[0], keep, dtype=torch.float32)
-    return parse(resampler, read(paths[FILES[1]], FILES[1], keep), ref, source)
-
-
-# --- the adapters as one module (the side model the host loads and offloads) --------------------------------------
-
-class IPLayer(nn.Module):
-    def __init__(self, token_dim, dim, bias, registers, operations=nn, device=None, dtype=None):
-        super().__init__()
-        self.to_k_ip = operations.Linear(token_dim, dim, bias=bias, device=device, dtype=dtype)
-        self.to_v_ip = operations.Linear(token_dim, dim, bias=bias, device=device, dtype=dtype)
-        self.registers = nn.Parameter(torch.zeros(1, registers, token_dim, device=device, dtype=dtype)) \
-            if registers else None
-
-
-class RefLayer(nn.Module):
-    def __init__(self, dim, operations=nn, device=None, dtype=None):
-        super().__init__()
-        self.to_k_ref = operations.Linear(dim, dim, device=device, dtype=dtype)
-        self.to_v_ref = operations.Linear(dim, dim, device=device, dtype=dtype)
-
-
-class LynxAdapters(nn.Module):
-    """resampler.*, ip.N.*, ref.N.*: the official files under three prefixes."""
-
-    def __init__(self, weights, operations=nn, device=None):
-        super().__init__()
-        self.variant = weights.variant
-        self.resampler = Resampler(**weights.resampler_config, operations=operations, device=device)
-        dtype = weights.dtype  # as stored: the official 14B adapters are about 4B parameters
-        self.ip = nn.ModuleList(IPLayer(weights.token_dim, weights.dim, weights.variant == "full", weights.registers,
-                                        operations, device, dtype) for _ in range(weights.ip_layers))
-        self.ref = nn.ModuleList(RefLayer(weights.dim, operations, device, dtype) for _ in range(weights.ref_layers))
-
-    @staticmethod
-    def state_dict_of(weights):
-        sd = {f"resampler.{k}": v for k, v in weights.resampler.items()}
-        sd.update({f"ip.{k}": v for k, v in weights.ip.items()})
-        sd.update({f"ref.{k}": v for k, v in weights.ref.items()})
-        return sd
+    weights = parse(resampler, read(paths[FILES[1]], FILES[1], keep), ref, source)
+    if weights.variant == "full" and not weights.ref:
+        # lynx_full always ships its Ref adapter: without it Lynx would silently run as ID adapter only
+        raise LynxFileError(f"lynx_name: {source} holds lynx_full's ID layers but no {FILES[2]} (an interrupted "
+                            f"download?): the Ref adapter would silently be left out. Download {FILES[2]} of "
+                            "lynx_full from ByteDance/lynx into this folder, or use lynx_lite.")
+    return weights
