@@ -225,3 +225,39 @@ def test_lynx_full_first_call_is_one_reference_pass_and_one_cast_per_weight(pack
     # block's self- and cross-attention, all but the last block (its output is never used); nothing else is extra
     flash = "aten._scaled_dot_product_flash_attention_for_cpu"
     assert first.ops[flash] - step.ops[flash] == 2 * 2 * (LAYERS - 1)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("method", ["standin", "lynx"])
+def test_handing_a_side_model_back_copies_no_weight(pack, method):
+    """After the run's first call the side model is handed back to the CPU (hooks.offload_side_model). ComfyUI's unload
+    copies every loaded weight back; with the host copies kept, the device copies are dropped instead. A meta device
+    stands in for the GPU: a copy out of it is impossible, so the plain unload fails where the hand-back succeeds."""
+    from wanid_pack.nodes import hooks
+    if method == "standin":
+        from standin_files import standin_state_dict
+        from wanid_pack.nodes.standin_patch import lora_patcher
+        from wanid_pack.wanid.standin.checkpoint import parse_state_dict
+        side = lora_patcher(parse_state_dict(standin_state_dict(layers=LAYERS)), disable_dynamic=True)
+    else:
+        import lynx_files
+        from wanid_pack.nodes.lynx_patch import adapters_patcher
+        from wanid_pack.wanid.lynx import checkpoint
+        side = adapters_patcher(lynx_files.weights_of(checkpoint, "full"), disable_dynamic=True)
+    before = {name: t.detach().clone() for name, t in side.model.state_dict().items()}
+    side.load_device = torch.device("meta")
+    for _ in range(2):  # two runs
+        side.load(side.load_device, full_load=True)
+        assert all(t.device.type == "meta" for t in side.model.parameters())
+        with op_counts.OpCounts() as c:
+            hooks.offload_side_model(side)
+        assert c.copies_between_devices == 0 and c.count("aten._to_copy") == 0 and c.count("aten.copy_") == 0
+        # every layer that casts per call is handed back (what stays is what ComfyUI keeps loaded either way)
+        assert all(t.device.type == "cpu" for m in side.model.modules() if hasattr(m, "comfy_cast_weights")
+                   for t in m.parameters(recurse=False))
+        assert side.loaded_size() < side.model_size() / 100
+        after = side.model.state_dict()
+        assert all(torch.equal(after[name].cpu(), t) for name, t in before.items() if after[name].device.type != "meta")
+    side.load(side.load_device, full_load=True)
+    with pytest.raises(NotImplementedError, match="meta"):  # what the hand-back avoids: copying every weight back
+        side.partially_unload(side.offload_device, memory_to_free=side.model_size())
