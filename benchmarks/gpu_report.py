@@ -16,10 +16,10 @@ own rows; its table prints as soon as it ends (rows print as they finish). Cells
   dynamic      dynamic VRAM on (comfy-aimdo initialised before anything imports comfy, as ComfyUI's main.py does),
                fp8 weights, --small-frames
 Per method (unpatched, Stand-In, Lynx lite, Lynx full, Slot-ID tokens + cross-attention LoRA, Stand-In + Lynx full):
-step time and overhead, the first call's extra time (the run's one-time precompute, after a small warm-up run of the
-method so first-use kernels are not counted) and how much of it is handing the side model back (the copy of its
-weights to the CPU), peak extra memory over the unpatched step, and steady-state extra memory (what the method keeps allocated between steps). Adapters in the
-official files' dtypes: Lynx bf16 (the release), Stand-In's LoRA fp32, Slot-ID's LoRA fp32.
+step time and overhead, the first call's extra time (the run's one-time precompute, after a small warm-up run of
+methods whose kernels no earlier row ran) and how much of it is handing the side model back to the CPU, peak extra
+memory over the unpatched step, and steady-state extra memory (what the method keeps allocated between steps).
+Adapters in the official files' dtypes where known: Lynx bf16 (the release); Stand-In's and Slot-ID's LoRA fp32.
 
 Needs ComfyUI (COMFYUI_PATH; 0.33+ for the dynamic cell) and the pack; benchmarks/make_gpu_bundle.py packs all of it
 for a bare GPU machine (docs/testing.md, "On a GPU machine").
