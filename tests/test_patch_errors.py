@@ -15,7 +15,7 @@ pytestmark = pytest.mark.integration
 STANDIN = "patch_errors_standin.safetensors"
 NO_REF = "wanid_patch_errors_full_no_ref"
 INT64 = "wanid_patch_errors_int64"
-ARCFACE = "patch_errors_ir_se50.pth"
+ARCFACE = "patch_errors_arcface_ir_se50.pth"  # the loader lists files named like an IR-SE50
 
 
 @pytest.fixture(scope="module")
