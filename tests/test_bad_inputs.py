@@ -16,7 +16,7 @@ import torch
 from comfy_server import comfy_server, wan_t2v_prompt  # noqa: F401  (fixture)
 from server_cases import (MARKER, EvilPickle as _Evil, assert_worded, face_node, face_prompt, load_image, outcome,
                           post_raw, save_image, still_serves, tensor_node, torch_bytes as _ckpt_bytes, user_files)
-from test_standin import standin_state_dict
+from standin_files import standin_state_dict
 
 pytestmark = pytest.mark.integration
 
@@ -57,7 +57,7 @@ def server(comfy_server, tmp_path_factory):
     two insightface packs of test ONNX files (antelopev2: normal faces; buffalo_l: 12 px faces), removed after."""
     import shutil
 
-    from test_face_support import bright_blocks, write_pack
+    from face_files import bright_blocks, write_pack
     from wanid.slot.checkpoint import fresh_checkpoint, save_checkpoint
     from wanid.slot.encoder import SlotIDConfig
 
@@ -353,10 +353,6 @@ def test_setup_check_is_not_ready_with_only_bad_files(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------- harder cases
-def latent_of(server, entry):
-    return server.load_tensors([f for f in server.output_files(entry) if f.suffix == ".latent"][0])["latent_tensor"]
-
-
 def test_file_replaced_while_a_prompt_runs(server):
     """A Stand-In file overwritten while a prompt that uses it samples: that prompt keeps the weights it loaded,
     the server keeps serving, and the next prompt with the same name reads the new file (not the node cache)."""
@@ -367,12 +363,12 @@ def test_file_replaced_while_a_prompt_runs(server):
     name = "bad_inputs_swap.safetensors"
     old, new = standin_state_dict(seed=11), standin_state_dict(seed=12)
     server.add_model("stand_in", name, new)
-    want_new = latent_of(server, server.queue(standin_prompt(name, seed=21, steps=12,
+    want_new = server.output_latent(server.queue(standin_prompt(name, seed=21, steps=12,
                                                              filename_prefix="wanid_test/swap_new")))
     server.add_model("stand_in", name, old)
     stamp = os.stat(server.models_dir / "stand_in" / name).st_mtime_ns + 10**9  # a coarse-clock filesystem too
     os.utime(server.models_dir / "stand_in" / name, ns=(stamp, stamp))
-    want_old = latent_of(server, server.queue(standin_prompt(name, seed=21, steps=12,
+    want_old = server.output_latent(server.queue(standin_prompt(name, seed=21, steps=12,
                                                              filename_prefix="wanid_test/swap_old")))
     assert not torch.equal(want_old, want_new)
 
@@ -393,9 +389,9 @@ def test_file_replaced_while_a_prompt_runs(server):
                     break
     finally:
         ws.close()
-    during = latent_of(server, server.wait(data["prompt_id"]))
+    during = server.output_latent(server.wait(data["prompt_id"]))
     assert torch.equal(during, want_old), "the running prompt must keep the weights it loaded"
-    after = latent_of(server, server.queue(standin_prompt(name, seed=21, steps=12,
+    after = server.output_latent(server.queue(standin_prompt(name, seed=21, steps=12,
                                                           filename_prefix="wanid_test/swap_after")))
     assert torch.equal(after, want_new), "the replaced file must be read again, not answered from the cache"
 
@@ -426,8 +422,8 @@ def test_concurrent_prompts_good_and_bad(server):
     server.reset_cache()
     for prompt, entry in zip(order, entries):
         if prompt in goods:
-            alone = latent_of(server, server.queue(prompt))
-            assert torch.equal(alone, latent_of(server, entry))
+            alone = server.output_latent(server.queue(prompt))
+            assert torch.equal(alone, server.output_latent(entry))
 
 
 def test_model_unloaded_with_free_mid_queue(server):
@@ -435,7 +431,7 @@ def test_model_unloaded_with_free_mid_queue(server):
     unet and the patch are not answered from the node cache) and gives the bit-identical result as before."""
     import requests
     ref = standin_prompt(seed=61, filename_prefix="wanid_test/free_ref")
-    want = latent_of(server, server.queue(ref))
+    want = server.output_latent(server.queue(ref))
     long = standin_prompt(seed=62, steps=15, filename_prefix="wanid_test/free_long")
     first = post_raw(server, long)[1]["prompt_id"]
     requests.post(server.url + "/free", json={"unload_models": True, "free_memory": True},
@@ -444,6 +440,6 @@ def test_model_unloaded_with_free_mid_queue(server):
     assert server.wait(first)["status"]["status_str"] == "success"
     entry = server.wait(second)
     assert entry["status"]["status_str"] == "success"
-    assert torch.equal(latent_of(server, entry), want)
+    assert torch.equal(server.output_latent(entry), want)
     cached = {n for kind, data in entry["status"]["messages"] if kind == "execution_cached" for n in data["nodes"]}
     assert not {"unet", "standin", "sampler"} & cached, f"answered from the cache after /free: {cached}"
