@@ -105,6 +105,16 @@ def _face(g, on_no_face="skip"):
     return clip, face
 
 
+def _photo_face(g):
+    """One photo (the methods that take a single image: face swap, VACE) and its face; no face is an error."""
+    photo = g.add("WanIDReferenceClipLoader", "Reference clip", video=REFERENCE, num_frames=1, start_time=0.0,
+                  duration=0.0, stride=0, max_side=1024)
+    face = g.add("WanIDFaceCropParse", None, images=out(photo, 0), detector="auto", face_choice="largest",
+                 face_index=0, on_no_face="error", label_set="official", parser_model=AUTO_PARSER,
+                 provider="auto", fallback="keep_all", normalization="official")
+    return photo, face
+
+
 def _output(g, samples, vae, prefix):
     images = g.add("VAEDecode", None, samples=out(samples), vae=out(vae))
     video = g.add("CreateVideo", None, images=out(images), fps=FPS)
@@ -233,11 +243,7 @@ def standin_faceswap_wan21():
     unet = g.add("UNETLoader", "Load Wan 2.1 T2V 14B", unet_name=WAN21_T2V, weight_dtype="default")
     vae = g.add("VAELoader", None, vae_name=WAN_VAE)
     pos, neg = _text(g)
-    photo = g.add("WanIDReferenceClipLoader", "Reference clip", video=REFERENCE, num_frames=1, start_time=0.0,
-                  duration=0.0, stride=0, max_side=1024)
-    face = g.add("WanIDFaceCropParse", None, images=out(photo, 0), detector="auto", face_choice="largest",
-                 face_index=0, on_no_face="error", label_set="official", parser_model=AUTO_PARSER,
-                 provider="auto", fallback="keep_all", normalization="official")
+    _, face = _photo_face(g)
     target = g.add("LoadVideo", "Target video", file=TARGET_VIDEO)
     parts = g.add("GetVideoComponents", None, video=out(target))
     swap = g.add("WanIDFaceSwapPrepare", None, frames=out(parts, 0), face=out(face, 6), face_alpha=out(face, 1),
@@ -271,11 +277,7 @@ def standin_vace_pose_wan21():
     unet = g.add("UNETLoader", "Load Wan 2.1 VACE 14B", unet_name=WAN21_VACE, weight_dtype="default")
     vae = g.add("VAELoader", None, vae_name=WAN_VAE)
     pos, neg = _text(g)
-    photo = g.add("WanIDReferenceClipLoader", "Reference clip", video=REFERENCE, num_frames=1, start_time=0.0,
-                  duration=0.0, stride=0, max_side=1024)
-    face = g.add("WanIDFaceCropParse", None, images=out(photo, 0), detector="auto", face_choice="largest",
-                 face_index=0, on_no_face="error", label_set="official", parser_model=AUTO_PARSER,
-                 provider="auto", fallback="keep_all", normalization="official")
+    photo, face = _photo_face(g)
     patched = _standin(g, unet, STANDIN_21, face, vae, "Stand-In")
     model = g.add("ModelSamplingSD3", None, model=out(patched), shift=SHIFT)
     pose = g.add("LoadVideo", "Target video (pose)", file=POSE_VIDEO)
