@@ -20,6 +20,7 @@ from standin_files import oracle_env
 from wanid.face import swap
 from wanid.face.detect import Detections, Detector, load_detector
 from wanid.face.parsing import FaceParser
+from wanid.face.pipeline import unit_to_uint8
 from wanid.standin.sigmas import flow_match_sigmas
 
 HERE = Path(__file__).resolve().parent
@@ -79,7 +80,7 @@ def run_both(frames_u8, face, alpha, parser_conv, **kw):
     names = {"confidence_threshold": "confidence_threshold", "face_crop_scale": "face_crop_scale",
              "dilation_kernel_size": "dilation_kernel_size", "feather_amount": "feather_amount",
              "flip_chance": "random_horizontal_flip_chance", "match_angle_and_size": "match_angle_and_size"}
-    inputs = {"frames": frames_u8, "face_rgba": np.dstack([swap._image_u8(face[0]), swap._image_u8(alpha[0])]),
+    inputs = {"frames": frames_u8, "face_rgba": np.dstack([unit_to_uint8(face[0]), unit_to_uint8(alpha[0])]),
               "detections": det.asked, "parser": parser_conv.state_dict(), "seed": kw.get("seed", 0),
               "kwargs": {names[k]: v for k, v in kw.items() if k in names}}
     import tempfile

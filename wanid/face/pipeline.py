@@ -83,10 +83,15 @@ def frame_ranges(idx):
     return ", ".join(out)
 
 
+def unit_to_uint8(values):
+    """Values in 0..1 (torch or numpy, any shape: an IMAGE, a MASK) -> uint8 numpy, rounded."""
+    a = values.detach().cpu().float().numpy() if isinstance(values, torch.Tensor) else np.asarray(values, np.float32)
+    return np.clip(np.rint(a * 255.0), 0, 255).astype(np.uint8)
+
+
 def to_uint8(images):
     """ComfyUI IMAGE (float 0..1, torch or numpy) -> uint8 numpy [..., 3]."""
-    a = images.detach().cpu().float().numpy() if isinstance(images, torch.Tensor) else np.asarray(images, np.float32)
-    return np.clip(np.rint(a[..., :3] * 255.0), 0, 255).astype(np.uint8)
+    return unit_to_uint8((images if isinstance(images, torch.Tensor) else np.asarray(images, np.float32))[..., :3])
 
 
 def choose_face(det: Detections, choice="largest", index=0, similarity=None):

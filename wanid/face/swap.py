@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import WanIDError, check_finite
+from .pipeline import frame_ranges, unit_to_uint8
 
 SPATIAL_MULTIPLE = 16   # the official centre crop
 TIME_STRIDE = 4         # Wan's VAE: 4k+1 frames -> k+1 latent frames
@@ -71,21 +72,11 @@ class SwapResult:
         lines.append(f"face pasted in {f - len(self.no_face)} of {f} frames"
                      + (f" ({len(self.box_paste)} by the box paste)" if self.box_paste else ""))
         if self.no_face:
-            lines.append(f"no face (kept as is, empty mask) in {len(self.no_face)} frames: {_ranges(self.no_face)}")
+            lines.append(f"no face (kept as is, empty mask) in {len(self.no_face)} frames: "
+                         f"{frame_ranges(self.no_face)}")
         if self.flipped:
-            lines.append(f"reference flipped in {len(self.flipped)} frames: {_ranges(self.flipped)}")
+            lines.append(f"reference flipped in {len(self.flipped)} frames: {frame_ranges(self.flipped)}")
         return "\n".join(lines)
-
-
-def _ranges(idx):
-    out, start = [], None
-    for k, i in enumerate(idx):
-        if start is None:
-            start = i
-        if k + 1 == len(idx) or idx[k + 1] != i + 1:
-            out.append(str(start) if start == i else f"{start}-{i}")
-            start = None
-    return ", ".join(out)
 
 
 # ------------------------------------------------------------------------------------------------ shapes
@@ -101,11 +92,6 @@ def latent_shape(num_frames, height, width):
 
 
 # ------------------------------------------------------------------------------------------------ inputs
-def _image_u8(images):
-    a = images.detach().cpu().float().numpy() if isinstance(images, torch.Tensor) else np.asarray(images, np.float32)
-    return np.clip(np.rint(a * 255.0), 0, 255).astype(np.uint8)
-
-
 def check_inputs(frames, face, face_alpha):
     """Refuse what cannot be swapped, naming the input and the fix. Nothing is modified."""
     if not isinstance(frames, torch.Tensor) or frames.ndim != 4 or frames.shape[-1] < 3:
@@ -151,9 +137,9 @@ def check_inputs(frames, face, face_alpha):
 def official_rgba(face, face_alpha):
     """uint8 RGB [H, W, 3] and alpha [H, W] as the official code holds the reference: its RGBA went through
     `pil_to_tensor` (float32 / 255) and back (* 255, astype uint8, which truncates)."""
-    rgb = _image_u8(face[0, ..., :3])
+    rgb = unit_to_uint8(face[0, ..., :3])
     alpha = np.full(rgb.shape[:2], 255, np.uint8) if face_alpha is None else \
-        _image_u8(face_alpha if face_alpha.ndim == 2 else face_alpha[0])
+        unit_to_uint8(face_alpha if face_alpha.ndim == 2 else face_alpha[0])
     rgba = np.dstack([rgb, alpha])
     back = ((rgba.astype(np.float32) / np.float32(255.0)) * np.float32(255)).astype(np.uint8)
     return np.ascontiguousarray(back[..., :3]), np.ascontiguousarray(back[..., 3])
@@ -248,7 +234,7 @@ def prepare(frames, face, face_alpha, detector, parser=None, *, confidence_thres
         raise FaceSwapError(f"confidence_threshold: {confidence_threshold} is outside 0..1 (official: 0.5)")
     n, h, w = int(frames.shape[0]), int(frames.shape[1]), int(frames.shape[2])
     top, left, nh, nw, keep = crop_and_trim(n, h, w)
-    video = _image_u8(frames[:keep, top:top + nh, left:left + nw, :3])
+    video = unit_to_uint8(frames[:keep, top:top + nh, left:left + nw, :3])
 
     rgb, alpha = official_rgba(face, face_alpha)
     src_kps = None
