@@ -5,7 +5,6 @@ environment from scripts/lynx_oracle_env.py); without it those tests skip with t
 (files, counts, bit-identity, scales, errors) runs on ComfyUI alone.
 """
 import json
-import math
 import subprocess
 from pathlib import Path
 

@@ -1,6 +1,5 @@
 """The pack's ArcFace IR-SE50 (Lynx's face embedding) against facexlib's own Backbone, on random weights, and
 the safe reading of recognition_arcface_ir_se50.pth. Plain torch + facexlib; no ComfyUI."""
-import pickle
 
 import numpy as np
 import pytest

@@ -61,7 +61,7 @@ def test_missing_files_names_the_lynx_folder_and_the_irse50_file(comfy_server):
     from wanid.cli.client import Client
     from wanid.cli.queue import missing_files
 
-    api = json.loads((wanid_testing.REPO / "workflows" / "api" / "lynx_wan21_t2v_14b.json").read_text())
+    api = json.loads((wanid_testing.REPO / "example_workflows" / "api" / "lynx_wan21_t2v_14b.json").read_text())
     problems = missing_files(api, comfy_server.object_info(), Client(comfy_server.url))
     by_input = {re.search(r"\) (\w+): ", line).group(1): line for line in problems}
     assert set(by_input) == {"unet_name", "vae_name", "clip_name", "video", "lynx_name", "arcface_name"}, problems

@@ -17,7 +17,6 @@ import logging
 import types
 
 import pytest
-import torch
 
 import lynx_files
 import standin_files

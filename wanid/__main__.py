@@ -3,7 +3,7 @@
 Commands:
   queue      run a workflow on a ComfyUI server: upload the reference, fill the prompt, show progress,
              download the outputs (python -m wanid queue --help)
-  workflows  rewrite workflows/ (UI + API twins) from the graphs in wanid/cli/templates.py
+  workflows  rewrite example_workflows/ (UI + API twins) from the graphs in wanid/cli/templates.py
 
 Other tools of the pack have their own modules: python -m wanid.train, python -m wanid.slot.init_checkpoint.
 """

@@ -1,6 +1,6 @@
 """Run a workflow on a ComfyUI server without the browser.
 
-    python -m wanid queue workflows/api/standin_wan21_t2v_14b.json --server http://127.0.0.1:8188 \\
+    python -m wanid queue example_workflows/api/standin_wan21_t2v_14b.json --server http://127.0.0.1:8188 \\
         --reference clip.mp4 --prompt "a man rides a bicycle through a park" --set 12.steps=30 --seed 7
 
 Steps: load the workflow (API format; a UI workflow is converted with the server's node schemas), upload the
@@ -208,7 +208,7 @@ def load_api(args, client, log):
     except OSError as e:
         why = "no such file" if isinstance(e, FileNotFoundError) else e.strerror or str(e)
         raise wf.WorkflowError(f"workflow {args.workflow!r}: {why}; give the path of a workflow JSON file, "
-                               "e.g. workflows/api/standin_wan21_t2v_14b.json") from None
+                               "e.g. example_workflows/api/standin_wan21_t2v_14b.json") from None
     if wf.is_ui_workflow(data):
         log(f"{args.workflow}: a UI workflow; converting it with the server's node schemas")
         object_info = client.object_info()
@@ -384,7 +384,7 @@ def run(args):
 def parser():
     ap = argparse.ArgumentParser(prog="python -m wanid queue", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("workflow", help="workflow JSON (API format, e.g. workflows/api/*.json; "
+    ap.add_argument("workflow", help="workflow JSON (API format, e.g. example_workflows/api/*.json; "
                                      "UI workflows are converted)")
     ap.add_argument("--server", default="http://127.0.0.1:8188", help="ComfyUI URL (default %(default)s)")
     ap.add_argument("--reference", help="reference clip (video) or photo to upload and use")

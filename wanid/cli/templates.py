@@ -1,11 +1,11 @@
 """The pack's example workflows, defined here once and written as JSON files.
 
-    python -m wanid workflows --server http://127.0.0.1:8188      (rewrite workflows/ from these graphs)
+    python -m wanid workflows --server http://127.0.0.1:8188      (rewrite example_workflows/ from these graphs)
     python -m wanid workflows --object-info object_info.json     (same, from a saved GET /object_info)
 
-workflows/<name>.json      UI workflows: ComfyUI's template browser lists these (Workflow > Browse
+example_workflows/<name>.json      UI workflows: ComfyUI's template browser lists these (Workflow > Browse
                                    Templates > ComfyUI-WanIdentity); the editor opens them.
-workflows/api/<name>.json  their API-format twins, for POST /prompt and `python -m wanid queue`.
+example_workflows/api/<name>.json  their API-format twins, for POST /prompt and `python -m wanid queue`.
 The API graphs below are the source; the UI twins are generated from them with the server's node schemas
 (workflow.api_to_ui), so the two cannot drift. Node ids are the same in both: `--set 12.steps=30` names the
 node the editor shows as #12.
@@ -22,7 +22,7 @@ from ..model_inputs import INPUTS as MODEL_INPUTS
 from . import workflow as wf
 
 REPO = Path(__file__).resolve().parents[2]
-FOLDER = REPO / "workflows"
+FOLDER = REPO / "example_workflows"
 API_FOLDER = FOLDER / "api"
 
 # Model files, as the README documents them (folder under ComfyUI/models, file name).
@@ -331,7 +331,7 @@ def _note(summary, *groups, extra=""):
     for key in groups:
         lines += [f"- `{MODEL_INPUTS[i].folder if i in MODEL_INPUTS else i}/` {name}" for i, name in _MODELS[key]]
     lines += ["", "**Use**: upload your reference clip in *Reference clip* (one person, face visible), write the "
-              "prompt, queue. Headless: `python -m wanid queue workflows/api/<this file> --server URL "
+              "prompt, queue. Headless: `python -m wanid queue example_workflows/api/<this file> --server URL "
               "--reference clip.mp4 --prompt \"...\"`."]
     if extra:
         lines += ["", extra]
