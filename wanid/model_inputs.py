@@ -59,9 +59,3 @@ def pack_folders():
         if row.pack:
             out[row.folder] = tuple(dict.fromkeys(out.get(row.folder, ()) + row.extensions))
     return out
-
-
-def where(input_name):
-    """'ComfyUI/models/<folder>/ (<what it is>)' for a model input, None for any other input."""
-    row = INPUTS.get(input_name)
-    return None if row is None else f"ComfyUI/models/{row.folder}/ ({row.what})"
