@@ -29,9 +29,10 @@ def check_host(node="RestrictedAttnPatch"):
     """The hooks the patches need, or an error naming the ComfyUI version that has them."""
     from comfy.patcher_extension import CallbacksMP, WrappersMP
     missing = []
-    if not hasattr(WrappersMP, "DIFFUSION_MODEL") or not hasattr(comfy.model_patcher.ModelPatcher, "add_wrapper_with_key"):
+    patcher = comfy.model_patcher.ModelPatcher
+    if not hasattr(WrappersMP, "DIFFUSION_MODEL") or not hasattr(patcher, "add_wrapper_with_key"):
         missing.append("diffusion-model wrappers")
-    if not hasattr(CallbacksMP, "ON_PRE_RUN") or not hasattr(comfy.model_patcher.ModelPatcher, "set_additional_models"):
+    if not hasattr(CallbacksMP, "ON_PRE_RUN") or not hasattr(patcher, "set_additional_models"):
         missing.append("run callbacks / additional models")
     if not hasattr(comfy_attention, "wrap_attn"):
         missing.append("optimized_attention_override")

@@ -69,9 +69,9 @@ class LynxPatch(hooks.ModelPatch):
         Decided once per run from a CPU copy of the sampler's schedule; only a window that splits the schedule needs
         a per-call decision, which stays on the device."""
         sigmas = options.get("sigmas")
-        if sigmas is None or self.sigma_range == ALWAYS or (self.sigma_range[0] == math.inf and self.sigma_range[1] <= 0):
-            return True
         hi, lo = self.sigma_range
+        if sigmas is None or self.sigma_range == ALWAYS or (hi == math.inf and lo <= 0):
+            return True
         run = self.run
         if run.window is None:
             schedule = options.get("sample_sigmas")

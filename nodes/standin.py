@@ -34,8 +34,8 @@ def reference_latent_of(model, reference_image=None, vae=None, reference_latent=
         if samples.ndim == 4:
             samples = samples.unsqueeze(2)
         if samples.ndim != 5 or samples.shape[0] != 1 or samples.shape[2] != 1:
-            raise ValueError(f"reference_latent: expected one encoded image [1, C, 1, h, w], got {list(samples.shape)}. "
-                             "Encode the 512x512 face crop alone with VAE Encode.")
+            raise ValueError(f"reference_latent: expected one encoded image [1, C, 1, h, w], got "
+                             f"{list(samples.shape)}. Encode the 512x512 face crop alone with VAE Encode.")
         if not samples.is_floating_point():
             raise ValueError(f"reference_latent: holds {str(samples.dtype).replace('torch.', '')} values, not a "
                              "latent; encode the face crop with VAE Encode.")
@@ -51,7 +51,8 @@ def reference_latent_of(model, reference_image=None, vae=None, reference_latent=
             raise ValueError(f"reference_image: {w}x{h} is not a multiple of 16; Stand-In expects the 512x512 white-"
                              "background face crop (FaceCrop/Parse's anchor output).")
         if vae is None:
-            raise ValueError("vae: connect the Wan VAE so the reference_image can be encoded (or give reference_latent).")
+            raise ValueError("vae: connect the Wan VAE so the reference_image can be encoded (or give "
+                             "reference_latent).")
         check_finite(reference_image, "reference_image", "give the face crop from Face Crop / Parse's anchor")
         return encode_reference(model, vae, reference_image, "reference_image", NEEDS)
     else:

@@ -2,7 +2,8 @@
 
 Each ComfyUI root (tests/comfy_roots.py: COMFYUI_PATH with several roots separated like PATH, else ~/ComfyUI and
 ~/ComfyUI-*, else the ComfyUI this pack sits in) gets its own venv under ~/.cache, built once from THAT ComfyUI's
-requirements.txt (minus torch/torchvision, which come from one shared layer) plus the pack's requirements, keyed by their hash.
+requirements.txt (minus torch/torchvision, which come from one shared layer) plus the pack's requirements, keyed by
+their hash.
 Without any ComfyUI the suite runs once and the integration tests skip with the reason. At the end a table says,
 per version, how many integration tests ran, passed and skipped; the exit code is non-zero if any run failed.
 

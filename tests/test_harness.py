@@ -97,7 +97,8 @@ def test_support_conditioning_node_shape():
     wanid_testing.import_comfy()
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("wanid_test_support", wanid_testing.REPO / "tests/support_nodes/__init__.py")
+    spec = importlib.util.spec_from_file_location("wanid_test_support",
+                                                  wanid_testing.REPO / "tests/support_nodes/__init__.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     (cond, extra), = mod.WanIDTestWanConditioning.execute(seed=3, tokens=5).args[0]

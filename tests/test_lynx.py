@@ -116,7 +116,8 @@ def test_official_folders_load_and_are_checked_against_the_model(tmp_path, lynx)
     full.check_against(LAYERS, DIM)
     with pytest.raises(checkpoint.LynxFileError, match="projects to width 256, but 14B has dim 5120"):
         full.check_against(40, 5120, "14B")
-    with pytest.raises(checkpoint.LynxFileError, match="ip_layers has 2 layers, but m has 40 blocks and lite Lynx needs 20"):
+    with pytest.raises(checkpoint.LynxFileError,
+                       match="ip_layers has 2 layers, but m has 40 blocks and lite Lynx needs 20"):
         lite.check_against(40, DIM, "m")
 
 

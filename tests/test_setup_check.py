@@ -147,9 +147,11 @@ def test_model_files_are_read_and_described(node_module, models_dir):
     write_lynx_folders(models_dir)
 
     report = run(node_module)
-    line(report, "OK", "Stand-In standin_14b.safetensors", "rank 1, dim 5120, 40 blocks", "fits Wan 2.1 14B / Wan 2.2 A14B")
+    line(report, "OK", "Stand-In standin_14b.safetensors", "rank 1, dim 5120, 40 blocks",
+         "fits Wan 2.1 14B / Wan 2.2 A14B")
     # the official layout (a torch zip with a state_dict wrapper) is read without loading its tensors
-    text, fix = line(report, "WARN", "Stand-In tiny.ckpt", "rank 4, dim 32, 3 blocks", "no released Wan model has dim 32")
+    text, fix = line(report, "WARN", "Stand-In tiny.ckpt", "rank 4, dim 32, 3 blocks",
+                     "no released Wan model has dim 32")
     assert "Stand-In_wan2.1_T2V_14B.ckpt" in fix
     line(report, "OK", "Slot-ID slot_14b.safetensors", "format slot-id v1", "backbone wan2.1-t2v-14b", "dim 5120",
          "40 blocks", "fits Wan 2.1 14B")

@@ -64,8 +64,8 @@ def test_model_file_names_are_the_documented_ones():
 
 def test_optional_models_are_optional_in_the_workflows():
     """The README calls BiSeNet optional: no shipped workflow names it (parser_model auto: BiSeNet when installed,
-    else none); every note says where it goes and that it is optional. Face detection is 'auto' (the bundled RetinaFace without
-    antelopev2)."""
+    else none); every note says where it goes and that it is optional. Face detection is 'auto' (the bundled
+    RetinaFace without antelopev2)."""
     for name in NAMES:
         api = load(name)
         for node in api.values():

@@ -128,7 +128,8 @@ def _ksampler(g, model, positive, negative, latent, cfg=CFG):
 
 def _latent(g):
     # titled: its display name differs between ComfyUI versions, and the editor queues a node's title
-    return g.add("EmptyHunyuanLatentVideo", "Empty Latent Video", width=WIDTH, height=HEIGHT, length=LENGTH, batch_size=1)
+    return g.add("EmptyHunyuanLatentVideo", "Empty Latent Video", width=WIDTH, height=HEIGHT, length=LENGTH,
+                 batch_size=1)
 
 
 def _standin(g, model, name, face, vae, title):

@@ -151,9 +151,10 @@ class Trainer:
         t = pad_reference(t, self.frames)
         if self.config.pool > 0 and "ref_latents" not in t:
             raise ValueError("the encoder config has pool > 0 but the cache holds no ref_latents")
+        ref_latents = t["ref_latents"].float() if self.config.pool > 0 else None
+        # as SlotEncoder.encode_clip prepares them at inference
         inputs = batch_inputs(t["ref_embeddings"].float(), t["ref_landmarks"].float(), t["ref_times"].float(),
-                              t["ref_valid"], t["ref_anchor"], t["ref_latents"].float() if self.config.pool > 0 else None,
-                              device=self.device)  # as SlotEncoder.encode_clip prepares them at inference
+                              t["ref_valid"], t["ref_anchor"], ref_latents, device=self.device)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.bf16):
             tokens, _ = self.encoder(**inputs)
         return tokens.float()
