@@ -97,6 +97,12 @@ def preferred_attention(module):
     return getattr(getattr(module, "comfy_attention", None), "function", None)
 
 
+def cast_like(p, like):
+    """A weight `p` in the dtype and on the device of `like`, as ComfyUI's manual_cast layers cast theirs: how the
+    patches run a side-model or frozen-model weight on the reference stream."""
+    return comfy.model_management.cast_to(p, dtype=like.dtype, device=like.device)
+
+
 def as_tensors(q, k, v):
     """q, k, v as tensors: newer ComfyUI may pass AttentionTensorContainer (single-owner wrappers)."""
     return tuple(t.take() if hasattr(t, "take") and not isinstance(t, torch.Tensor) else t for t in (q, k, v))
@@ -162,7 +168,10 @@ class AttentionOverride:
 
 
 class RunState:
-    """What one sampling run caches. Subclasses add the method's caches."""
+    """What one sampling run caches. Subclasses add the method's caches; PER_RUN names the fields that hold for the
+    whole run and survive `ModelPatch.restart` (another model, grid or dtype within the run)."""
+
+    PER_RUN = ("checked_input",)
 
     def __init__(self):
         self.key = self.model = None
@@ -194,8 +203,16 @@ class ModelPatch:
         return self
 
     def reset(self, *args):
-        """ON_CLEANUP (and a new grid): drop the run's caches; `builds` keeps counting the run."""
+        """ON_CLEANUP: drop the run's caches; `builds` keeps counting the run."""
         self.run = self.Run()
+
+    def restart(self):
+        """Another model, grid or dtype within the run: the run's caches start afresh, its PER_RUN fields stay."""
+        kept = {name: getattr(self.run, name) for name in self.run.PER_RUN}
+        self.reset()
+        for name, value in kept.items():
+            setattr(self.run, name, value)
+        return self.run
 
     def begin_run(self, *args):
         """ON_PRE_RUN: a new sampling run starts from nothing."""

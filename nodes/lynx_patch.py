@@ -14,8 +14,6 @@ import math
 
 import torch
 
-import comfy.model_management
-
 from ..wanid.errors import check_finite
 from ..wanid.lynx.adapters import LynxAdapters, ip_kv, ref_kv, rms_norm, unrotate
 from ..wanid.lynx.reference import reference_stream
@@ -32,11 +30,9 @@ def adapters_patcher(weights, disable_dynamic=False):
                                     disable_dynamic)
 
 
-def _cast(p, like):
-    return comfy.model_management.cast_to(p, dtype=like.dtype, device=like.device)
-
-
 class _Run(hooks.RunState):
+    PER_RUN = hooks.RunState.PER_RUN + ("window",)  # the window is decided from the run's whole schedule
+
     def __init__(self):
         super().__init__()
         self.ip = {}   # block -> (K [2, n, dim], V [2, n, dim]): index 0 positive, 1 negative
@@ -105,10 +101,7 @@ class LynxPatch(hooks.ModelPatch):
         if run.key == key:
             return
         if run.key is not None:  # another model or dtype within the run: start its caches afresh
-            checked, window = run.checked_input, run.window
-            self.reset()
-            run = self.run
-            run.checked_input, run.window = checked, window
+            run = self.restart()
         run.key, run.model = key, model
         side = self.side.model
         dtype, device = x.dtype, x.device
@@ -120,13 +113,13 @@ class LynxPatch(hooks.ModelPatch):
                 self.builds["tokens"] += 1
                 for layer, block in zip(side.ip, self.ip_blocks):
                     norm = model.blocks[block].cross_attn.norm_k if self.variant == "full" else rms_norm
-                    run.ip[block] = ip_kv(layer, tokens, norm, _cast)
+                    run.ip[block] = ip_kv(layer, tokens, norm, hooks.cast_like)
                     self.builds["ip"] += 1
             if self.ref_scale != 0 and self.reference is not None and len(side.ref):
                 feats = []
                 for ref in self.reference:
                     tokens, grid, e0 = reference_tokens(model, ref.to(device), dtype)
-                    feats.append(reference_stream(model, tokens, grid, e0, self.reference_context, _cast))
+                    feats.append(reference_stream(model, tokens, grid, e0, self.reference_context, hooks.cast_like))
                     self.builds["reference"] += 1
                 for i, layer in enumerate(side.ref):
                     if self.ref_blocks is None or i in self.ref_blocks:

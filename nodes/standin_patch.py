@@ -9,7 +9,6 @@ The LoRA is the side model. The shared model is never touched: all of this sits 
 import functools
 import inspect
 
-import comfy.model_management
 from comfy.ldm.modules import attention as comfy_attention
 
 from ..wanid.standin.lora import StandInLoRA
@@ -49,10 +48,7 @@ class StandInPatch(hooks.ModelPatch):
         rope_key = tuple(sorted(rope_options.items())) if rope_options else None
         key = (id(model), grid_h, grid_w, x.device, x.dtype, rope_key)
         if self.run.key != key:
-            checked = self.run.checked_input
-            self.reset()
-            run = self.run
-            run.checked_input = checked
+            run = self.restart()
             run.key, run.model = key, model
             run.x, (ref_h, ref_w), run.e = reference_tokens(model, self.reference.to(x.device), x.dtype)
             ids = reference_position_ids(grid_h, grid_w, ref_h, ref_w, device=x.device, rope_options=rope_options)
@@ -68,8 +64,7 @@ class StandInPatch(hooks.ModelPatch):
             lora = self.side.model.blocks[i].self_attn
             x, k, v = reference_block(
                 model.blocks[i], lora, run.x, run.e, run.freqs,
-                rope=apply_rope, attention=comfy_attention.optimized_attention,
-                cast=lambda p, like: comfy.model_management.cast_to(p, dtype=like.dtype, device=like.device))
+                rope=apply_rope, attention=comfy_attention.optimized_attention, cast=hooks.cast_like)
             run.kv[i] = (k, v)
             self.builds["reference"] += 1
             run.x = x if i + 1 < len(model.blocks) else None  # the reference stream ends before the head
