@@ -7,6 +7,7 @@ signatures (SCRFD detector, ArcFace recognition) that the tests write, and a cli
     write_scrfd(path), TinyArcFace, write_arcface(path), write_pack(folder)           the ONNX files
     write_ir_se50(path)               Lynx's ArcFace IR-SE50 in facexlib's format
     bright_blocks(h, w, cells), write_blocks_video(path)              what the test SCRFD detects as a face
+    write_lossless_video(path, images)                                  any frames as a lossless clip
 """
 import functools
 import glob
@@ -221,17 +222,23 @@ def bright_blocks(h, w, cells, level=255):
     return img
 
 
-def write_blocks_video(path, frames=8):
-    """A lossless clip in which a bright 3x3-cell block (what the test SCRFD detects as a face) moves right."""
+def write_lossless_video(path, images, rate=25):
+    """uint8 RGB frames [H, W, 3] (all one size) as a lossless H.264 clip at `rate` fps; returns path."""
     import av
 
+    images = list(images)
     with av.open(str(path), "w") as c:
-        s = c.add_stream("libx264", rate=25)
-        s.width, s.height, s.pix_fmt, s.options = 192, 160, "yuv444p", {"qp": "0"}
-        for i in range(frames):
-            img = bright_blocks(160, 192, [(8 + dy, 6 + i + dx) for dy in range(3) for dx in range(3)])
+        s = c.add_stream("libx264", rate=rate)
+        s.width, s.height, s.pix_fmt, s.options = images[0].shape[1], images[0].shape[0], "yuv444p", {"qp": "0"}
+        for img in images:
             for packet in s.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
                 c.mux(packet)
         for packet in s.encode():
             c.mux(packet)
     return path
+
+
+def write_blocks_video(path, frames=8):
+    """A lossless clip in which a bright 3x3-cell block (what the test SCRFD detects as a face) moves right."""
+    return write_lossless_video(path, (bright_blocks(160, 192, [(8 + dy, 6 + i + dx) for dy in range(3)
+                                                                 for dx in range(3)]) for i in range(frames)))

@@ -74,20 +74,12 @@ def server(comfy_server):
 def write_pose_video(path, frames=6, width=38, height=36):
     """A small lossless clip for VACE's pose input: 38x36 (the official crop keeps 32x32) and 6 frames (trimmed to
     5 = 4k+1), so the tiny variant's output is 32x32x5 like the others'."""
-    import av
     import numpy as np
 
+    from face_files import write_lossless_video
+
     g = np.random.default_rng(0)
-    with av.open(str(path), "w") as c:
-        s = c.add_stream("libx264", rate=25)
-        s.width, s.height, s.pix_fmt, s.options = width, height, "yuv444p", {"qp": "0"}
-        for _ in range(frames):
-            img = g.integers(0, 256, (height, width, 3), dtype=np.uint8)
-            for packet in s.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
-                c.mux(packet)
-        for packet in s.encode():
-            c.mux(packet)
-    return path
+    return write_lossless_video(path, (g.integers(0, 256, (height, width, 3), dtype=np.uint8) for _ in range(frames)))
 
 
 def write_lynx_models(models_dir):
