@@ -6,7 +6,8 @@
 - `AttentionOverride`: one block's attention override, which tells self- from cross-attention by what it is given
   and falls through to the host's attention (the previous override, else the module's preferred attention, else
   the global one);
-- `check_host`, `patch_of`, `as_tensors`, `preferred_attention`.
+- `check_host`, `side_model_patcher`, `offload_side_model`, `patch_of`, `as_tensors`, `preferred_attention`,
+  `cast_like`.
 The reference inputs (tokens at t = 0, VAE-encoded latents) are nodes/wan.py's."""
 import collections
 import copy
@@ -183,7 +184,8 @@ class RunState:
 class ModelPatch:
     """Base of the pack's model patches. A subclass sets KEY (its wrapper, callbacks, side model and block replaces
     are keyed by it), NAME (in messages), NODE (the node that applies it), MODELS (what to load instead) and Run,
-    and implements `prepare` (per model call: build the run's caches; what the block replaces get) and `override`
+    and implements `prepare` (per model call: build the run's caches, `restart` them for another model or grid;
+    what the block replaces get) and `override`
     (one block's AttentionOverride, or None). The patch object is shared by plain clones of the patched
     ModelPatcher (deepcopy returns self); native multi-GPU clones get their own (`rebind_clone`)."""
 
