@@ -185,9 +185,9 @@ class ModelPatch:
     """Base of the pack's model patches. A subclass sets KEY (its wrapper, callbacks, side model and block replaces
     are keyed by it), NAME (in messages), NODE (the node that applies it), MODELS (what to load instead) and Run,
     and implements `prepare` (per model call: build the run's caches, `restart` them for another model or grid;
-    what the block replaces get) and `override`
-    (one block's AttentionOverride, or None). The patch object is shared by plain clones of the patched
-    ModelPatcher (deepcopy returns self); native multi-GPU clones get their own (`rebind_clone`)."""
+    what the block replaces get) and `override` (one block's AttentionOverride, or None). The patch object is
+    shared by plain clones of the patched ModelPatcher (deepcopy returns self); native multi-GPU clones get their
+    own (`rebind_clone`)."""
 
     KEY = NAME = NODE = MODELS = None
     Run = RunState
