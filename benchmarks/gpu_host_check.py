@@ -11,9 +11,9 @@ ModelPatcherDynamic, aimdo_enabled), then checks, each as one table row (PASS / 
      patch embedding is a Conv3d) equals the float64 reference (rel err < 1e-4);
   3. the same in bf16 follows fp32 (rel err < 5e-2), with the kitchen kernel counted (its own fp32 run if row 2
      failed);
+  4. with two or more GPUs: deepclone_multigpu of the patched model (own patch and LoRA) on cuda:1 matches cuda:0.
 --cpu rehearses every row on the CPU (no dynamic VRAM, no second GPU: those rows SKIP). benchmarks/gpu_report.py
 runs this as its "host" cell.
-  4. with two or more GPUs: deepclone_multigpu of the patched model (own patch and LoRA) on cuda:1 matches cuda:0.
 Exit code 0 only if nothing failed. Loads nothing from the network; weights are random.
 """
 import argparse
