@@ -5,17 +5,17 @@ the tiny Wan of tests/tiny_wan.py; and the oracle environment (scripts/lynx_orac
     write_lynx(folder, variant, ...)                                    the three .safetensors files
     weights_of(checkpoint, variant)                                     the same tensors, parsed as the pack does
     case(seed) -> (steps, embedding, (ref_pos, ref_neg), ref_context)   two sampling steps' model inputs
-    oracle() -> (python, repo) or None                                  the official code's process, if built
+    oracle() -> (python, repo, None) or (None, None, why)              the official code's process, if built
 
 DIM, LAYERS, FFN: the Lynx tests' tiny Wan (tiny_wan.load_tiny_wan_patcher(dim=DIM, layers=LAYERS, ffn=FFN)).
 """
 import math
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import torch
+
+from wanid_testing import official_code
 
 REPO = Path(__file__).resolve().parents[1]
 DIM, LAYERS, FFN = 256, 3, 256
@@ -111,20 +111,5 @@ def case(seed=0):
 def oracle():
     """(python, repo, None) of the official-code environment, or (None, None, why). The venv is built here when the
     repository copy exists (or WANID_LYNX_REPO names one) and only the venv is missing (about two minutes)."""
-    script = [sys.executable, str(REPO / "scripts" / "lynx_oracle_env.py")]
-
-    def ask(*extra, timeout=60):
-        r = subprocess.run(script + list(extra), capture_output=True, text=True, timeout=timeout)
-        return r, dict(line.split("=", 1) for line in r.stdout.splitlines() if "=" in line)
-
-    r, found = ask("--print")
-    if not found.get("python") and (found.get("repo") or os.environ.get("WANID_LYNX_REPO")):
-        try:
-            r, found = ask(timeout=900)
-        except subprocess.TimeoutExpired:
-            return None, None, "building the Lynx oracle venv took over 15 minutes"
-    if r.returncode != 0 or not found.get("python") or not found.get("repo"):
-        return None, None, ("the official Lynx code is not set up here (" + (r.stderr.strip().splitlines() or
-                            ["?"])[-1] + "); run: python scripts/lynx_oracle_env.py --repo <copy of "
-                            "github.com/bytedance/lynx>")
-    return found["python"], found["repo"], None
+    return official_code("lynx_oracle_env.py", "Lynx", "bytedance/lynx", build_when=lambda found: not found.get(
+        "python") and bool(found.get("repo") or os.environ.get("WANID_LYNX_REPO")))

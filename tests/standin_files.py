@@ -9,12 +9,12 @@ tests/tiny_wan.py, and the inputs of one model call with a reference.
 """
 import io
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+
+from wanid_testing import official_code
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -58,19 +58,8 @@ def inputs(seed=0, batch=1, frames=3, h=6, w=10, ctx_tokens=7):
 def oracle_env():
     """(python, repo) of the official-code environment, built when missing (the script knows the sources); skips
     with the reason when it cannot be made."""
-    script = [sys.executable, str(REPO / "scripts" / "standin_oracle_env.py")]
-
-    def ask(*extra, timeout=60):
-        r = subprocess.run(script + list(extra), capture_output=True, text=True, timeout=timeout)
-        return r, dict(line.split("=", 1) for line in r.stdout.splitlines() if "=" in line)
-
-    r, found = ask("--print")
-    if not (found.get("python") and found.get("repo")):
-        try:
-            r, found = ask(timeout=900)
-        except subprocess.TimeoutExpired:
-            pytest.skip("building the Stand-In oracle venv took over 15 minutes")
-    if r.returncode != 0 or not found.get("python") or not found.get("repo"):
-        pytest.skip("the official Stand-In code is not set up here (" + (r.stderr.strip().splitlines() or ["?"])[-1]
-                    + "); run: python scripts/standin_oracle_env.py --repo <copy of github.com/WeChatCV/Stand-In>")
-    return found["python"], found["repo"]
+    python, repo, why = official_code("standin_oracle_env.py", "Stand-In", "WeChatCV/Stand-In",
+                                      build_when=lambda found: not (found.get("python") and found.get("repo")))
+    if why:
+        pytest.skip(why)
+    return python, repo

@@ -1,10 +1,11 @@
-"""What tests and benchmarks share: where the ComfyUI under test is, importing it (and the pack) in-process, and
-the relative error every numerical comparison uses.
+"""What tests and benchmarks share: where the ComfyUI under test is, importing it (and the pack) in-process, the
+relative error every numerical comparison uses, and the environments of the official code (official_code).
 
 ComfyUI is found as tests/comfy_roots.py says; scripts/test.py runs the suite once per root. Plain module (no pytest
 hooks: those live in conftest.py), so benchmarks import it too.
 """
 import importlib.util
+import subprocess
 import sys
 from pathlib import Path
 
@@ -57,3 +58,26 @@ def rel_err(a, b):
     """||a - b|| / ||b|| in float64 on the CPU: the relative error of `a` against the reference `b`."""
     a, b = a.detach().double().cpu(), b.detach().double().cpu()
     return ((a - b).norm() / b.norm()).item()
+
+
+def official_code(script, method, github, build_when):
+    """(python, repo, None) of the official `method` code's environment that scripts/<script> makes (a venv and a
+    copy of github.com/<github>), or (None, None, why). The script builds what is missing (up to 15 minutes) when
+    build_when(found) says so, found: {"python": ..., "repo": ...} as it exists now ("" for what is missing)."""
+    command = [sys.executable, str(REPO / "scripts" / script)]
+
+    def ask(*extra, timeout=60):
+        r = subprocess.run(command + list(extra), capture_output=True, text=True, timeout=timeout)
+        return r, dict(line.split("=", 1) for line in r.stdout.splitlines() if "=" in line)
+
+    r, found = ask("--print")
+    if build_when(found):
+        try:
+            r, found = ask(timeout=900)
+        except subprocess.TimeoutExpired:
+            return None, None, f"building the {method} oracle venv took over 15 minutes"
+    if r.returncode != 0 or not found.get("python") or not found.get("repo"):
+        return None, None, (f"the official {method} code is not set up here ("
+                            + (r.stderr.strip().splitlines() or ["?"])[-1]
+                            + f"); run: python scripts/{script} --repo <copy of github.com/{github}>")
+    return found["python"], found["repo"], None
