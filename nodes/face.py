@@ -34,7 +34,7 @@ def _installed_parsers():
     return preferred + [f for f in files if f not in preferred]
 
 
-def _parser_files():
+def parser_files():
     return [AUTO_PARSER] + _installed_parsers() + [NO_PARSER]
 
 
@@ -67,7 +67,7 @@ def _pack_stamp(root, kind):
         return ()
 
 
-def _parser(name):
+def face_parser(name):
     if name == AUTO_PARSER:
         installed = _installed_parsers()
         if not installed:
@@ -114,7 +114,7 @@ class WanIDFaceCropParse(io.ComfyNode):
                                tooltip="Parser labels painted white: official = background only; "
                                        "no_neck_cloth_hat also removes neck, necklace, clothes and hat; "
                                        "face_only keeps the face without hair."),
-                io.Combo.Input("parser_model", options=_parser_files(), default=AUTO_PARSER,
+                io.Combo.Input("parser_model", options=parser_files(), default=AUTO_PARSER,
                                tooltip="BiSeNet weights in models/face_parsing (facexlib's parsing_bisenet.pth); "
                                        "auto = that file when installed, else none. Without one, the crop keeps "
                                        "its background (see fallback)."),
@@ -150,7 +150,7 @@ class WanIDFaceCropParse(io.ComfyNode):
     def execute(cls, images, detector, face_choice, face_index, on_no_face, label_set, parser_model, provider,
                 fallback="keep_all", normalization="official", times=None, similar_to=None) -> io.NodeOutput:
         det, embedder = detector_and_embedder(detector, provider)
-        parser = _parser(parser_model)
+        parser = face_parser(parser_model)
         ref = None
         if face_choice == "most_similar":
             if similar_to is None:

@@ -9,7 +9,7 @@ from ..wanid.face.names import AUTO_PARSER
 from ..wanid.face.onnx_session import PROVIDER_CHOICES
 from ..wanid.face.swap import FaceSwapError, prepare, preview
 from ..wanid.standin.sigmas import flow_match_sigmas
-from .face import DETECTORS, _parser, _parser_files, detector_and_embedder
+from .face import DETECTORS, detector_and_embedder, face_parser, parser_files
 
 PREVIEW_FRAMES = 8  # shown on the node; the preview output holds every frame
 
@@ -51,7 +51,7 @@ class WanIDFaceSwapPrepare(io.ComfyNode):
                              tooltip="Box paste: mask dilation (official 10)."),
                 io.Int.Input("feather_amount", default=21, min=0, max=101, optional=True,
                              tooltip="Box paste: Gaussian feather of the mask, made odd (official 21)."),
-                io.Combo.Input("parser_model", options=_parser_files(), default=AUTO_PARSER, optional=True,
+                io.Combo.Input("parser_model", options=parser_files(), default=AUTO_PARSER, optional=True,
                                tooltip="Box paste: BiSeNet for the face mask (facexlib's parsing_bisenet.pth); "
                                        "without one the whole box is pasted."),
                 io.Combo.Input("provider", options=list(PROVIDER_CHOICES), default="auto", optional=True,
@@ -101,7 +101,7 @@ class _LazyParser:
 
     def _get(self):
         if self._p is False:
-            self._p = _parser(self.name)
+            self._p = face_parser(self.name)
         return self._p
 
     def __bool__(self):

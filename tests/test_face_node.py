@@ -99,7 +99,7 @@ def test_parser_from_the_model_folder(face_nodes, models_dir):
     out = run(face_nodes.WanIDFaceCropParse, images=frames, parser_model="auto")
     assert "parser: none: fallback" in out.result[5]
     torch.save(wparsing.BiSeNet(19).state_dict(), target)
-    assert face_nodes._parser_files()[:2] == ["auto", "parsing_bisenet.pth"]
+    assert face_nodes.parser_files()[:2] == ["auto", "parsing_bisenet.pth"]
     for choice in ("parsing_bisenet.pth", "auto"):  # auto takes BiSeNet once it is there
         out = run(face_nodes.WanIDFaceCropParse, images=frames, parser_model=choice)
         crops, masks = out.result[0], out.result[1]
