@@ -6,8 +6,8 @@
 - `AttentionOverride`: one block's attention override, which tells self- from cross-attention by what it is given
   and falls through to the host's attention (the previous override, else the module's preferred attention, else
   the global one);
-- `check_host`, `side_model_patcher`, `offload_side_model`, `patch_of`, `as_tensors`, `preferred_attention`,
-  `cast_like`.
+- `check_host`, `wan_model_for`, `side_model_patcher`, `offload_side_model`, `patch_of`, `as_tensors`,
+  `preferred_attention`, `cast_like`.
 The reference inputs (tokens at t = 0, VAE-encoded latents) are nodes/wan.py's."""
 import collections
 import copy
@@ -24,6 +24,7 @@ from comfy.ldm.modules import attention as comfy_attention
 
 from ..wanid.errors import check_finite
 from ..wanid.host_versions import MIN_SUPPORTED
+from .wan import patchable_wan_model_of
 
 
 def check_host(node="RestrictedAttnPatch"):
@@ -44,6 +45,18 @@ def check_host(node="RestrictedAttnPatch"):
             version = "unknown"
         raise RuntimeError(f"{node} needs ComfyUI {MIN_SUPPORTED} or newer (missing: {', '.join(missing)}); "
                            f"this ComfyUI is {version}. Update ComfyUI.")
+
+
+def wan_model_for(patcher, weights, node, check=None):
+    """The WanModel behind `patcher` once the host (check_host), the model (nodes/wan.py's patchable_wan_model_of,
+    then check(patcher, model): the method's own demands) and the method's weights (weights.check_against) are known
+    to fit; node: the node as messages name it."""
+    check_host(node)
+    model = patchable_wan_model_of(patcher, node)
+    if check is not None:
+        check(patcher, model)
+    weights.check_against(len(model.blocks), model.dim, f"this Wan model (dim {model.dim})")
+    return model
 
 
 def side_model_patcher(build, state_dict, cached_init, disable_dynamic=False):

@@ -18,7 +18,7 @@ from ..wanid.errors import check_finite
 from ..wanid.lynx.adapters import LynxAdapters, ip_kv, ref_kv, rms_norm, unrotate
 from ..wanid.lynx.reference import reference_stream
 from . import hooks
-from .wan import model_object, patchable_wan_model_of, reference_tokens
+from .wan import model_object, reference_tokens
 
 KEY = "wanid_lynx"
 ALWAYS = (float("inf"), 0.0)  # the default sigma window: every step
@@ -206,15 +206,16 @@ def parse_blocks(text, num_blocks):
     return out
 
 
-def check_model(patcher, weights):
-    hooks.check_host("Lynx Apply")
-    model = patchable_wan_model_of(patcher, "Lynx Apply")
+def _text_to_video(patcher, model):
     cross = type(model_object(patcher, "diffusion_model.blocks.0.cross_attn")).__name__  # this patcher's own view
     if cross != "WanT2VCrossAttention":
         raise ValueError(f"model: Lynx is trained on Wan 2.1 text-to-video; this model's cross-attention is "
                          f"{cross}. Load a Wan 2.1 T2V model.")
-    weights.check_against(len(model.blocks), model.dim, f"this Wan model (dim {model.dim})")
-    return model
+
+
+def check_model(patcher, weights):
+    """The WanModel behind `patcher`, once the host, the model (a Wan 2.1 T2V) and the Lynx files are known to fit."""
+    return hooks.wan_model_for(patcher, weights, "Lynx Apply", _text_to_video)
 
 
 def apply_lynx(patcher, weights, embedding, reference=None, reference_context=None, ip_scale=1.0, ref_scale=1.0,

@@ -15,7 +15,7 @@ from ..wanid.standin.lora import StandInLoRA
 from ..wanid.standin.positions import reference_position_ids
 from ..wanid.standin.reference_branch import attend_merged, attend_with_reference, reference_block
 from . import hooks
-from .wan import patchable_wan_model_of, reference_tokens
+from .wan import reference_tokens
 
 KEY = "wanid_standin"
 
@@ -137,10 +137,7 @@ class _SelfAttentionOverride(hooks.AttentionOverride):
 
 def check_model(patcher, weights):
     """The WanModel behind `patcher`, once the host, the model and the Stand-In file are known to fit."""
-    hooks.check_host()
-    model = patchable_wan_model_of(patcher, "RestrictedAttnPatch")
-    weights.check_against(len(model.blocks), model.dim, f"this Wan model (dim {model.dim})")
-    return model
+    return hooks.wan_model_for(patcher, weights, "RestrictedAttnPatch")
 
 
 def lora_patcher(weights, disable_dynamic=False):
