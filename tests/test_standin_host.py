@@ -224,7 +224,7 @@ def test_standin_runs_on_a_vace_model(patch_module, weights):
     patched_t2v = patch_module.apply_standin(t2v, weights, ref, 1.0)
     assert rel_err(run(patched_vace, 0.0), call(patched_t2v, x, t, ctx)) < 1e-5
     patch = the_patch(patched_vace, patch_module)
-    patch.reset()  # a new sampling run (ON_PRE_RUN)
+    patch.reset()  # the run's caches dropped (ON_CLEANUP): the next call builds them again
     builds = patch.builds["reference"]
     on = run(patched_vace, 1.0)
     assert patch.builds["reference"] - builds == LAYERS
