@@ -321,10 +321,6 @@ def api_to_ui(api, object_info, notes=(), column_width=420, gap=40):
 
 # ---- edits (the queue command)
 
-def copy_workflow(api):
-    return copy.deepcopy(api)
-
-
 def title_of(node):
     return (node.get("_meta") or {}).get("title") or ""
 

@@ -21,7 +21,7 @@ import json
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 
 import torch
 from torch.utils.checkpoint import checkpoint
@@ -355,8 +355,3 @@ class Trainer:
         if logf:
             logf.write(json.dumps(entry) + "\n")
         log.info("step %d: validation loss %.5f", entry["step"], entry["val_loss"])
-
-
-def config_from_args(args):
-    names = {f.name for f in fields(TrainConfig)}
-    return TrainConfig(**{k: v for k, v in vars(args).items() if k in names and v is not None})
